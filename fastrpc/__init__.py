@@ -1,0 +1,49 @@
+"""fastrpc: fast length-prefixed JSON RPC over TCP for asyncio."""
+
+from .client import Client, connect
+from .errors import (
+    CallTimeout,
+    ConnectionClosed,
+    DeadlineExceeded,
+    ErrorCode,
+    FastRPCError,
+    FrameTooLarge,
+    InternalError,
+    InvalidParams,
+    InvalidRequest,
+    MethodNotFound,
+    ParseError,
+    ProtocolError,
+    RemoteError,
+    RequestTooLarge,
+    ServerBusy,
+    ShuttingDown,
+)
+from .limits import DEFAULT_MAX_FRAME_SIZE
+from .server import Server, run
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_SIZE",
+    "CallTimeout",
+    "Client",
+    "ConnectionClosed",
+    "DeadlineExceeded",
+    "ErrorCode",
+    "FastRPCError",
+    "FrameTooLarge",
+    "InternalError",
+    "InvalidParams",
+    "InvalidRequest",
+    "MethodNotFound",
+    "ParseError",
+    "ProtocolError",
+    "RemoteError",
+    "RequestTooLarge",
+    "Server",
+    "ServerBusy",
+    "ShuttingDown",
+    "connect",
+    "run",
+]

@@ -1,0 +1,191 @@
+"""The async client: many concurrent calls multiplexed on one connection.
+
+Protocol work happens in ``protocol.ClientConnection``; this module moves
+bytes, coalesces the requests made in one loop iteration into one write and
+resolves futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any, Dict, Generator, Optional, Union
+
+from .errors import CallTimeout, ConnectionClosed, FastRPCError
+from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
+from .protocol import ABSENT, ClientConnection
+
+__all__ = ["Client", "connect"]
+
+
+def _deliver(future: "asyncio.Future[Any]", result: Any, error: Optional[BaseException]) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
+
+
+class _ClientProtocol(asyncio.BufferedProtocol):
+    """Moves bytes between the socket and the ``ClientConnection``."""
+
+    def __init__(self, core: ClientConnection, loop: asyncio.AbstractEventLoop) -> None:
+        self.core = core
+        self.loop = loop
+        self.transport: Optional[asyncio.Transport] = None
+        self.closed = loop.create_future()
+        self.error: Optional[BaseException] = None
+        self._flush_scheduled = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.core.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            self.core.buffer_updated(nbytes)
+        except FastRPCError as exc:
+            self.error = exc
+            self.transport.close()  # type: ignore[union-attr]
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        self.core.close(self.error or exc)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        data = self.core.data_to_send()
+        if data and not self.transport.is_closing():  # type: ignore[union-attr]
+            self.transport.write(data)  # type: ignore[union-attr]
+
+
+class Client:
+    """A connection to a fastrpc server. Make one with ``await fastrpc.connect(...)``."""
+
+    def __init__(self, protocol: _ClientProtocol, timeout: Optional[float]) -> None:
+        self._protocol = protocol
+        self._core = protocol.core
+        self._loop = protocol.loop
+        self.timeout = timeout
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is closed or lost."""
+        return self._protocol.closed.done()
+
+    async def call(self, method: str, params: Any = ABSENT, *, timeout: Optional[float] = ABSENT) -> Any:
+        """Call ``method`` with ``params`` and return its result.
+
+        ``params`` may be a list (positional arguments), a dict (keyword
+        arguments), any other JSON value (one argument), or left out (none).
+        ``timeout`` (seconds; default: the client's) raises CallTimeout; the
+        late reply, if any, is dropped. Remote errors raise the RemoteError
+        subclass of their code; a lost connection raises ConnectionClosed.
+        """
+        protocol = self._protocol
+        if protocol.closed.done():
+            raise ConnectionClosed("connection is closed")
+        future = self._loop.create_future()
+        key = self._core.request(method, params, future)
+        protocol.schedule_flush()
+        if timeout is ABSENT:
+            timeout = self.timeout
+        if timeout is None:
+            try:
+                return await future
+            except asyncio.CancelledError:
+                self._core.forget(key)
+                raise
+        timer = self._loop.call_later(timeout, _expire, future, method, timeout)
+        try:
+            return await future
+        except BaseException:
+            self._core.forget(key)
+            raise
+        finally:
+            timer.cancel()
+
+    async def close(self) -> None:
+        """Close the connection; pending calls fail with ConnectionClosed."""
+        protocol = self._protocol
+        if protocol.transport is not None:
+            protocol.flush()
+            protocol.transport.close()
+        await asyncio.shield(protocol.closed)
+
+    async def __aenter__(self) -> "Client":
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
+
+
+def _expire(future: "asyncio.Future[Any]", method: str, timeout: float) -> None:
+    if not future.done():
+        future.set_exception(CallTimeout(f"call to {method!r} timed out after {timeout} s"))
+
+
+async def _open(
+    host: str,
+    port: int,
+    *,
+    ids: bool,
+    max_frame_size: int,
+    timeout: Optional[float],
+    connect_timeout: Optional[float],
+) -> Client:
+    loop = asyncio.get_running_loop()
+    core = ClientConnection(_deliver, ids=ids, max_frame_size=check_max_frame_size(max_frame_size))
+    try:
+        _, protocol = await asyncio.wait_for(
+            loop.create_connection(lambda: _ClientProtocol(core, loop), host, port), connect_timeout
+        )
+    except asyncio.TimeoutError:
+        raise ConnectionClosed(f"could not connect to {host}:{port} within {connect_timeout} s") from None
+    except OSError as exc:
+        raise ConnectionClosed(f"could not connect to {host}:{port}: {exc.strerror or exc}") from exc
+    return Client(protocol, timeout)
+
+
+class connect:
+    """Open a connection: ``client = await connect(...)`` or ``async with connect(...) as client``.
+
+    ``ids=False`` selects the ordered mode for servers that answer without
+    ids, in request order. ``timeout`` is the default per-call timeout.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        *,
+        ids: bool = True,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        timeout: Optional[float] = None,
+        connect_timeout: Optional[float] = 10.0,
+    ) -> None:
+        self._coro = _open(host, port, ids=ids, max_frame_size=max_frame_size, timeout=timeout, connect_timeout=connect_timeout)
+        self._client: Optional[Client] = None
+
+    def __await__(self) -> Generator[Any, None, Client]:
+        return self._coro.__await__()
+
+    async def __aenter__(self) -> Client:
+        self._client = await self._coro
+        return self._client
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        assert self._client is not None
+        await self._client.close()

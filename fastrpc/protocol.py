@@ -1,0 +1,440 @@
+"""The sans-I/O core of fastrpc: bytes in, bytes out, no sockets, no event loop.
+
+``ServerConnection`` turns received bytes into calls on registered methods
+and their outcomes into response bytes, keeping the ordering rules of
+docs/protocol.md section 5. ``ClientConnection`` turns calls into request
+bytes and received bytes into outcomes handed to whatever waits for them.
+The asyncio server, the async client and the blocking client are thin I/O
+shells around these two classes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import traceback
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Union
+
+import orjson
+
+from .errors import (
+    ConnectionClosed,
+    ErrorCode,
+    FrameTooLarge,
+    ProtocolError,
+    RemoteError,
+    remote_error,
+)
+from .framing import FrameReader, pack_frames
+from .limits import DEFAULT_MAX_FRAME_SIZE, PROBE_LENGTH, PROBE_REPLY
+
+__all__ = ["ABSENT", "Method", "Call", "ServerConnection", "ClientConnection", "encode_error"]
+
+_loads = orjson.loads
+_dumps = orjson.dumps
+_JSONDecodeError = orjson.JSONDecodeError
+
+Id = Union[int, str]
+
+
+class _Absent:
+    """Marks params left out of a request (``None`` is a valid JSON null)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT: Any = _Absent()
+
+# Responses are written with the separators of Python's json.dumps, so that
+# {"in": "ping", "params": "sha params"} gets the same bytes the seed's
+# server sends: {"out": "pong", "result": "sha params"}.
+_ID_PART = b', "id": '
+_ERROR_PREFIX = b'{"out": "error", "error": '
+_NULL_ID_TAIL = b', "id": null}'
+
+
+class Method:
+    """A registered handler and how to call it."""
+
+    __slots__ = ("name", "func", "out", "raw_params", "is_async", "prefix")
+
+    def __init__(self, name: str, func: Callable[..., Any], out: Optional[str] = None, raw_params: bool = False) -> None:
+        self.name = name
+        self.func = func
+        self.out = name if out is None else out
+        self.raw_params = raw_params
+        self.is_async = inspect.iscoroutinefunction(func)
+        self.prefix = b'{"out": ' + _dumps(self.out) + b', "result": '
+
+    def __repr__(self) -> str:
+        return f"<Method {self.name!r} -> {self.func!r}>"
+
+
+def _bind_error(func: Callable[..., Any], params: Any) -> Optional[str]:
+    """Why ``params`` do not bind to ``func``'s signature, or None if they do."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):  # builtins without a signature
+        return None
+    try:
+        if type(params) is list:
+            signature.bind(*params)
+        elif type(params) is dict:
+            signature.bind(**params)
+        elif params is ABSENT:
+            signature.bind()
+        else:
+            signature.bind(params)
+    except TypeError as exc:
+        return str(exc)
+    return None
+
+
+def encode_error(code: int, message: str, data: Any = None, rid: Optional[Id] = None) -> bytes:
+    """An error response body (docs/protocol.md section 4)."""
+    error: Dict[str, Any] = {"code": int(code), "message": message}
+    if data is not None:
+        error["data"] = data
+    return b"".join((_ERROR_PREFIX, _dumps(error), _ID_PART, _dumps(rid), b"}"))
+
+
+class Call:
+    """An async handler's coroutine, waiting to be run by the I/O layer.
+
+    The I/O layer awaits ``coro`` and reports the outcome with
+    ``ServerConnection.complete`` or ``ServerConnection.fail``.
+    """
+
+    __slots__ = ("method", "id", "slot", "coro", "params")
+
+    def __init__(self, method: Method, rid: Optional[Id], slot: Optional[List[Optional[bytes]]], coro: Any, params: Any) -> None:
+        self.method = method
+        self.id = rid
+        self.slot = slot
+        self.coro = coro
+        self.params = params
+
+
+class ServerConnection:
+    """One server-side connection's protocol state.
+
+    Feed it bytes (``receive_data``, or ``get_buffer``/``buffer_updated``);
+    sync handlers run at once, async ones are handed to ``spawn`` as a
+    ``Call``. ``data_to_send`` returns every response that may go out now,
+    framed, as one bytes. Once ``closing`` is true the connection must be
+    closed after that data is sent.
+    """
+
+    def __init__(
+        self,
+        methods: Dict[str, Method],
+        spawn: Callable[[Call], None],
+        *,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        debug: bool = False,
+    ) -> None:
+        self._methods = methods
+        self._spawn = spawn
+        self._debug = debug
+        self._reader = FrameReader(max_frame_size)
+        self.get_buffer = self._reader.get_buffer
+        self._max_frame_size = max_frame_size
+        self._out: List[bytes] = []
+        # One slot per id-less request still owed an answer, oldest first;
+        # a slot holds None until its response body is ready.
+        self._slots: Deque[List[Optional[bytes]]] = deque()
+        self._raw_reply = b""
+        self._fresh = True  # nothing received yet: a text probe is possible
+        self.closing = False
+
+    # -- input ---------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Take bytes from the peer and handle every complete frame."""
+        self._reader.feed(data)
+        self.buffer_updated(0)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were read into the last ``get_buffer`` view: handle every complete frame."""
+        reader = self._reader
+        reader.buffer_updated(nbytes)
+        if self.closing:
+            return
+        receive_frame = self._receive_frame
+        try:
+            while True:
+                body = reader.next_frame()
+                if body is None:
+                    break
+                receive_frame(body)
+                self._fresh = False
+        except FrameTooLarge as exc:
+            self._frame_too_large(exc)
+
+    def _frame_too_large(self, exc: FrameTooLarge) -> None:
+        self.closing = True
+        if self._fresh and exc.size == PROBE_LENGTH:
+            self._raw_reply = PROBE_REPLY
+        else:
+            self._out.append(encode_error(ErrorCode.FRAME_TOO_LARGE, str(exc), {"size": exc.size, "limit": exc.limit}))
+
+    def _receive_frame(self, body: Union[bytes, memoryview]) -> None:
+        try:
+            request = _loads(body)
+        except _JSONDecodeError as exc:
+            return self._reply(None, encode_error(ErrorCode.PARSE_ERROR, f"parse error: {exc}"))
+        if type(request) is not dict:
+            return self._reply(None, encode_error(ErrorCode.INVALID_REQUEST, "invalid request: a request must be a JSON object"))
+        rid = request.get("id")
+        if rid is not None and type(rid) is not int and type(rid) is not str:
+            return self._reply(None, encode_error(ErrorCode.INVALID_REQUEST, "invalid request: 'id' must be an integer or a string"))
+        name = request.get("in")
+        method = self._methods.get(name) if type(name) is str else None
+        if method is None:
+            if type(name) is not str:
+                return self._reply(rid, encode_error(ErrorCode.INVALID_REQUEST, "invalid request: 'in' must be a string naming a method", None, rid))
+            return self._reply(rid, encode_error(ErrorCode.METHOD_NOT_FOUND, f"method not found: {name!r}", None, rid))
+        params = request.get("params", ABSENT)
+        if method.raw_params:
+            args: Any = None if params is ABSENT else params
+            params = [args]
+        try:
+            if type(params) is list:
+                result = method.func(*params)
+            elif type(params) is dict:
+                result = method.func(**params)
+            elif params is ABSENT:
+                result = method.func()
+            else:
+                result = method.func(params)
+        except Exception as exc:
+            return self._reply(rid, self._error_body(method, params, exc, rid))
+        if method.is_async:
+            slot: Optional[List[Optional[bytes]]] = None
+            if rid is None:
+                slot = [None]
+                self._slots.append(slot)
+            self._spawn(Call(method, rid, slot, result, params))
+            return None
+        return self._reply(rid, self._result_body(method, result, rid))
+
+    # -- outcomes --------------------------------------------------------------
+
+    def complete(self, call: Call, result: Any) -> None:
+        """An async handler returned ``result``."""
+        self._settle(call, self._result_body(call.method, result, call.id))
+
+    def fail(self, call: Call, exc: BaseException) -> None:
+        """An async handler raised ``exc``."""
+        self._settle(call, self._error_body(call.method, call.params, exc, call.id))
+
+    def _settle(self, call: Call, body: bytes) -> None:
+        slot = call.slot
+        if slot is None:
+            self._out.append(body)
+            return
+        slot[0] = body
+        slots = self._slots
+        while slots and slots[0][0] is not None:
+            self._out.append(slots.popleft()[0])  # type: ignore[arg-type]
+
+    def _reply(self, rid: Optional[Id], body: bytes) -> None:
+        # Id-less replies keep arrival order behind any still owed.
+        if rid is None and self._slots:
+            self._slots.append([body])
+        else:
+            self._out.append(body)
+
+    def _result_body(self, method: Method, result: Any, rid: Optional[Id]) -> bytes:
+        try:
+            encoded = _dumps(result)
+        except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
+            return encode_error(ErrorCode.INTERNAL_ERROR, f"result of {method.name!r} is not JSON serializable: {exc}", None, rid)
+        if rid is None:
+            body = method.prefix + encoded + b"}"
+        else:
+            body = b"".join((method.prefix, encoded, _ID_PART, _dumps(rid), b"}"))
+        if len(body) > self._max_frame_size:
+            return encode_error(
+                ErrorCode.FRAME_TOO_LARGE,
+                f"response of {len(body)} bytes exceeds the maximum frame size of {self._max_frame_size} bytes",
+                None,
+                rid,
+            )
+        return body
+
+    def _error_body(self, method: Method, params: Any, exc: BaseException, rid: Optional[Id]) -> bytes:
+        if isinstance(exc, RemoteError):
+            return encode_error(exc.code, exc.message, exc.data, rid)
+        if isinstance(exc, TypeError) and not method.raw_params:
+            reason = _bind_error(method.func, params)
+            if reason is not None:
+                return encode_error(ErrorCode.INVALID_PARAMS, f"invalid params for {method.name!r}: {reason}", None, rid)
+        data = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)) if self._debug else None
+        return encode_error(ErrorCode.INTERNAL_ERROR, f"internal error in {method.name!r}: {type(exc).__name__}", data, rid)
+
+    # -- output ----------------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        """Every response that may be sent now, framed, in order."""
+        out = self._out
+        if not out:
+            data = b""
+        else:
+            self._out = []
+            data = pack_frames(out)
+        if self._raw_reply:
+            data, self._raw_reply = data + self._raw_reply, b""
+        return data
+
+
+class ClientConnection:
+    """One client-side connection's protocol state.
+
+    ``request`` encodes a call and remembers its ``waiter`` (any object the
+    I/O layer uses to hand the outcome back: a future, a slot). Received
+    bytes are decoded and each outcome is passed to ``deliver(waiter,
+    result, error)`` with exactly one of ``result``/``error`` meaningful.
+
+    With ``ids=False`` requests carry no id and responses are matched by
+    order, for servers that ignore ids (the ordered mode).
+    """
+
+    def __init__(
+        self,
+        deliver: Callable[[Any, Any, Optional[BaseException]], None],
+        *,
+        ids: bool = True,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    ) -> None:
+        self._deliver = deliver
+        self.ids = ids
+        self._reader = FrameReader(max_frame_size)
+        self.get_buffer = self._reader.get_buffer
+        self._max_frame_size = max_frame_size
+        self._next_key = itertools.count(1).__next__
+        self._pending: Dict[int, Any] = {}
+        self._order: Deque[int] = deque()  # keys of id-less requests, oldest first
+        self._out: List[bytes] = []
+        #: An error frame the server sent with no request to match (for
+        #: example just before it closed the connection).
+        self.connection_error: Optional[RemoteError] = None
+
+    @property
+    def pending(self) -> int:
+        """Calls sent and not yet answered (or forgotten)."""
+        return len(self._pending)
+
+    def request(self, method: str, params: Any, waiter: Any) -> int:
+        """Queue a call; returns its key for ``forget``.
+
+        Raises FrameTooLarge (nothing queued) if the request does not fit
+        the maximum frame size.
+        """
+        key = self._next_key()
+        request: Dict[str, Any] = {"in": method}
+        if params is not ABSENT:
+            request["params"] = params
+        if self.ids:
+            request["id"] = key
+        body = _dumps(request)
+        if len(body) > self._max_frame_size:
+            raise FrameTooLarge(len(body), self._max_frame_size)
+        self._out.append(body)
+        self._pending[key] = waiter
+        if not self.ids:
+            self._order.append(key)
+        return key
+
+    def forget(self, key: int) -> None:
+        """Stop waiting for ``key`` (timed out, cancelled): its late reply is dropped."""
+        self._pending.pop(key, None)
+
+    def data_to_send(self) -> bytes:
+        """Every queued request, framed, as one bytes."""
+        out = self._out
+        if not out:
+            return b""
+        self._out = []
+        return pack_frames(out)
+
+    def receive_data(self, data: bytes) -> None:
+        """Take bytes from the server and deliver every complete response."""
+        self._reader.feed(data)
+        self.buffer_updated(0)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were read into the last ``get_buffer`` view: deliver every complete response.
+
+        Raises ProtocolError (FrameTooLarge among them) when the server
+        breaks the protocol; the connection is then unusable.
+        """
+        reader = self._reader
+        reader.buffer_updated(nbytes)
+        while True:
+            body = reader.next_frame()
+            if body is None:
+                return
+            self._receive_frame(body)
+
+    def _receive_frame(self, body: Union[bytes, memoryview]) -> None:
+        try:
+            response = _loads(body)
+        except _JSONDecodeError as exc:
+            raise ProtocolError(f"server sent a frame that is not JSON: {exc}") from None
+        if type(response) is not dict:
+            raise ProtocolError("server sent a response that is not a JSON object")
+        rid = response.get("id")
+        if rid is None:
+            if not self._order:
+                self._unmatched(response)
+                return
+            key = self._order.popleft()
+        else:
+            key = rid
+        waiter = self._pending.pop(key, None)
+        error = response.get("error")
+        if response.get("out") == "error" and type(error) is dict:
+            exc = _decode_error(error)
+            if waiter is not None:
+                self._deliver(waiter, None, exc)
+        elif waiter is not None:
+            self._deliver(waiter, response.get("result"), None)
+
+    def _unmatched(self, response: Dict[str, Any]) -> None:
+        error = response.get("error")
+        if response.get("out") == "error" and type(error) is dict:
+            self.connection_error = _decode_error(error)
+        elif self.ids:
+            raise ProtocolError("server sent a response without an id; is it an id-less server? use ids=False")
+        else:
+            raise ProtocolError("server sent a response with no request waiting for it")
+
+    def close(self, cause: Optional[BaseException] = None) -> None:
+        """The connection is gone: fail every pending call at once."""
+        pending, self._pending = self._pending, {}
+        self._order.clear()
+        known = self.connection_error
+        reason = "connection closed" + (f": {cause}" if cause else "")
+        for waiter in pending.values():
+            # A fresh exception each: one instance raised in many tasks would
+            # collect all their tracebacks.
+            if known is not None:
+                error: BaseException = remote_error(known.code, known.message, known.data)
+            else:
+                error = ConnectionClosed(reason)
+            self._deliver(waiter, None, error)
+
+
+def _decode_error(error: Dict[str, Any]) -> RemoteError:
+    code = error.get("code")
+    message = error.get("message")
+    return remote_error(
+        code if type(code) is int else ErrorCode.INTERNAL_ERROR,
+        message if type(message) is str else repr(message),
+        error.get("data"),
+    )

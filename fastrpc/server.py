@@ -1,0 +1,239 @@
+"""The asyncio server: a method registry and a BufferedProtocol per connection.
+
+All protocol work happens in ``protocol.ServerConnection``; this module only
+moves bytes, runs async handlers as tasks and decides when to write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, TypeVar, Union, overload
+
+from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
+from .protocol import Call, Method, ServerConnection
+
+__all__ = ["Server", "run", "new_event_loop"]
+
+log = logging.getLogger("fastrpc.server")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _ping(params: Any = None) -> Any:
+    """Built-in health check: answers ``pong`` with the params it was sent."""
+    return params
+
+
+class Server:
+    """A registry of methods and the TCP server that serves them.
+
+    >>> server = Server()
+    >>> @server.method
+    ... def add(a, b):
+    ...     return a + b
+
+    Every server answers ``ping`` (out ``pong``, result: its params) unless
+    a method of that name is registered over it.
+    """
+
+    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, debug: bool = False) -> None:
+        self.max_frame_size = check_max_frame_size(max_frame_size)
+        self.debug = debug
+        self.methods: Dict[str, Method] = {"ping": Method("ping", _ping, out="pong", raw_params=True)}
+        self._server: Optional[asyncio.AbstractServer] = None
+        self._connections: Set[_Connection] = set()
+
+    @overload
+    def method(self, func: F) -> F: ...
+
+    @overload
+    def method(self, name: Optional[str] = None, *, out: Optional[str] = None, raw_params: bool = False) -> Callable[[F], F]: ...
+
+    def method(
+        self,
+        func: Union[Callable[..., Any], str, None] = None,
+        *,
+        name: Optional[str] = None,
+        out: Optional[str] = None,
+        raw_params: bool = False,
+    ) -> Any:
+        """Register a handler; use bare (``@server.method``) or with options.
+
+        ``name`` defaults to the function's name; ``out`` is the name the
+        response carries (default: ``name``); with ``raw_params`` the handler
+        gets the request's params as one argument, unbound (None if absent).
+        """
+        if isinstance(func, str):
+            if name is not None:
+                raise TypeError("method name given twice")
+            name, func = func, None
+
+        def register(handler: F) -> F:
+            if not callable(handler):
+                raise TypeError(f"a method handler must be callable, got {handler!r}")
+            method_name = handler.__name__ if name is None else name
+            if not isinstance(method_name, str) or not method_name:
+                raise ValueError(f"a method name must be a non-empty string, got {method_name!r}")
+            self.methods[method_name] = Method(method_name, handler, out, raw_params)
+            return handler
+
+        return register if func is None else register(func)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 8080, *, reuse_port: bool = False, backlog: int = 1024) -> None:
+        """Bind and start accepting connections; returns once listening."""
+        if self._server is not None:
+            raise RuntimeError("server is already started")
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), host, port, reuse_port=reuse_port or None, backlog=backlog
+        )
+        for address in self.addresses:
+            log.info("fastrpc listening on %s:%s", address[0], address[1])
+
+    async def serve(self, host: str = "127.0.0.1", port: int = 8080, **kwargs: Any) -> None:
+        """Start, then serve until ``close()`` is called."""
+        await self.start(host, port, **kwargs)
+        await self.wait_closed()
+
+    @property
+    def addresses(self) -> List[Tuple[Any, ...]]:
+        """The addresses listened on (empty before ``start``)."""
+        if self._server is None:
+            return []
+        return [sock.getsockname() for sock in self._server.sockets]
+
+    @property
+    def port(self) -> int:
+        """The port listened on; useful after ``start(port=0)``."""
+        addresses = self.addresses
+        if not addresses:
+            raise RuntimeError("server is not listening")
+        return int(addresses[0][1])
+
+    def close(self) -> None:
+        """Stop accepting connections and close the open ones."""
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self._connections):
+            connection.close()
+
+    async def wait_closed(self) -> None:
+        """Wait until the server is closed and its connections are gone."""
+        if self._server is None:
+            return
+        while self._server.is_serving():
+            await asyncio.sleep(0.05)
+        await self._server.wait_closed()
+
+
+class _Connection(asyncio.BufferedProtocol):
+    """Moves bytes between one socket and its ``ServerConnection``."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._tasks: Dict[Call, asyncio.Task[None]] = {}
+        self._flush_scheduled = False
+        self._eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self._loop = asyncio.get_running_loop()
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._peer = transport.get_extra_info("peername")
+        server = self._server
+        self._core = ServerConnection(server.methods, self._spawn, max_frame_size=server.max_frame_size, debug=server.debug)
+        server._connections.add(self)
+        log.debug("connection from %s opened", self._peer)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._core.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        core = self._core
+        core.buffer_updated(nbytes)
+        data = core.data_to_send()
+        if data:
+            self._transport.write(data)
+        if core.closing:
+            self._transport.close()
+
+    def eof_received(self) -> bool:
+        # The peer shut down its write side: it is still owed the replies of
+        # handlers in flight, so keep the connection open until they are sent.
+        self._eof = True
+        self._flush()
+        return bool(self._tasks)
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        self._server._connections.discard(self)
+        for task in self._tasks.values():
+            task.cancel()
+        log.debug("connection from %s closed%s", self._peer, f": {exc}" if exc else "")
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def _spawn(self, call: Call) -> None:
+        self._tasks[call] = self._loop.create_task(self._run(call))
+
+    async def _run(self, call: Call) -> None:
+        try:
+            result = await call.coro
+        except Exception as exc:
+            self._core.fail(call, exc)
+        else:
+            self._core.complete(call, result)
+        finally:
+            del self._tasks[call]
+        # Replies finished by tasks in one loop iteration leave in one write.
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._transport.is_closing():
+            return
+        data = self._core.data_to_send()
+        if data:
+            self._transport.write(data)
+        if self._eof and not self._tasks:
+            self._transport.close()
+
+
+def new_event_loop(loop: str = "auto") -> asyncio.AbstractEventLoop:
+    """A new event loop: ``"uvloop"``, ``"asyncio"``, or ``"auto"`` (uvloop where installed)."""
+    if loop not in ("auto", "uvloop", "asyncio"):
+        raise ValueError(f"loop must be 'auto', 'uvloop' or 'asyncio', got {loop!r}")
+    if loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if loop == "uvloop":
+                raise RuntimeError("loop='uvloop' was asked for but uvloop is not installed") from None
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def run(server: Server, host: str = "127.0.0.1", port: int = 8080, *, loop: str = "auto", **kwargs: Any) -> None:
+    """Serve ``server`` until SIGINT or SIGTERM; blocks. Returns after a clean shutdown."""
+    event_loop = new_event_loop(loop)
+    try:
+        asyncio.set_event_loop(event_loop)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                event_loop.add_signal_handler(signum, server.close)
+            except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
+                pass
+        event_loop.run_until_complete(server.serve(host, port, **kwargs))
+    finally:
+        asyncio.set_event_loop(None)
+        event_loop.close()
