@@ -1,0 +1,113 @@
+"""Fixtures that run every network test under both event loops and both framing implementations."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import pytest
+
+import fastrpc
+from fastrpc import _framing_py, framing, protocol
+from fastrpc.server import new_event_loop
+
+try:
+    from fastrpc import _framing as _framing_c
+except ImportError:  # the extension is not built: test_implementation.py fails loudly
+    _framing_c = None
+
+IMPLEMENTATIONS = {"python": _framing_py}
+if _framing_c is not None:
+    IMPLEMENTATIONS["cython"] = _framing_c
+
+TEST_TIMEOUT = 60.0
+
+
+@pytest.fixture(params=sorted(IMPLEMENTATIONS))
+def framing_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Each framing implementation in turn, as the one the protocol core uses."""
+    module = IMPLEMENTATIONS[request.param]
+    monkeypatch.setattr(protocol, "FrameReader", module.FrameReader)
+    monkeypatch.setattr(protocol, "pack_frames", module.pack_frames)
+    return module
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest, framing_impl: Any) -> Callable[[Awaitable[Any]], Any]:
+    """Run a coroutine to completion on a fresh loop of each kind, bounded in time."""
+
+    def runner(coro: Awaitable[Any], timeout: float = TEST_TIMEOUT) -> Any:
+        loop = new_event_loop(request.param)
+        try:
+            return loop.run_until_complete(asyncio.wait_for(coro, timeout))
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    return runner
+
+
+@contextlib.asynccontextmanager
+async def serving(server: fastrpc.Server) -> AsyncIterator[int]:
+    """Serve ``server`` on 127.0.0.1 at a port the OS picks; yield the port; close it after."""
+    await server.start("127.0.0.1", 0)
+    try:
+        yield server.port
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def demo_server(**kwargs: Any) -> fastrpc.Server:
+    """A fresh server with the demo's methods plus a few test ones."""
+    from fastrpc import demo
+
+    server = fastrpc.Server(**kwargs)
+    for name, method in demo.server.methods.items():
+        server.methods[name] = method
+
+    @server.method
+    def fail() -> None:
+        raise RuntimeError("boom")
+
+    @server.method
+    async def nap(seconds: float, value: Any) -> Any:
+        await asyncio.sleep(seconds)
+        return value
+
+    return server
+
+
+def frame(body: bytes) -> bytes:
+    return len(body).to_bytes(4, "big") + body
+
+
+class RawConnection:
+    """A plain asyncio stream speaking the wire format byte by byte, for exact-bytes tests."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int) -> "RawConnection":
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def read_frame(self) -> bytes:
+        header = await self.reader.readexactly(4)
+        return await self.reader.readexactly(int.from_bytes(header, "big"))
+
+    async def at_eof(self) -> bool:
+        """True if the server closes the connection (reads nothing more)."""
+        return await self.reader.read(1) == b""
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.wait_closed()
