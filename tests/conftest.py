@@ -21,7 +21,7 @@ IMPLEMENTATIONS = {"python": _framing_py}
 if _framing_c is not None:
     IMPLEMENTATIONS["cython"] = _framing_c
 
-TEST_TIMEOUT = 60.0
+TEST_TIMEOUT = 30.0
 
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS))
@@ -70,6 +70,10 @@ def demo_server(**kwargs: Any) -> fastrpc.Server:
     @server.method
     def fail() -> None:
         raise RuntimeError("boom")
+
+    @server.method
+    def grow(n: int) -> str:
+        return "y" * n
 
     @server.method
     async def nap(seconds: float, value: Any) -> Any:
