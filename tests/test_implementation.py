@@ -1,0 +1,53 @@
+"""Which framing implementation is loaded, and the package's public surface."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import fastrpc
+from fastrpc import framing
+
+ENV_NO_EXT = os.environ.get("FASTRPC_NO_EXTENSIONS", "").lower() not in ("", "0", "false", "no")
+
+
+def test_extension_is_built_and_loaded() -> None:
+    # An installed fastrpc must run the compiled splitter unless told not to.
+    expected = "python" if ENV_NO_EXT else "cython"
+    assert framing.IMPLEMENTATION == expected
+    if expected == "cython":
+        assert framing.FrameReader.__module__ == "fastrpc._framing"
+
+
+def check_env(value: str) -> str:
+    env = dict(os.environ, FASTRPC_NO_EXTENSIONS=value)
+    out = subprocess.run(
+        [sys.executable, "-c", "import fastrpc.framing as f; print(f.IMPLEMENTATION, f.FrameReader.__module__)"],
+        env=env, capture_output=True, text=True, timeout=60, check=True,
+    )
+    return out.stdout.strip()
+
+
+def test_no_extensions_env_selects_python() -> None:
+    assert check_env("1") == "python fastrpc._framing_py"
+
+
+def test_no_extensions_env_off_values() -> None:
+    if not ENV_NO_EXT:
+        assert check_env("0") == "cython fastrpc._framing"
+
+
+def test_exports() -> None:
+    for name in fastrpc.__all__:
+        assert hasattr(fastrpc, name), name
+    assert isinstance(fastrpc.__version__, str)
+    public = {name for name in dir(fastrpc) if not name.startswith("_")}
+    modules = {"client", "demo", "errors", "framing", "limits", "protocol", "server", "cli"}
+    assert public - modules - {"annotations"} <= set(fastrpc.__all__)
+
+
+def test_typing_files_are_shipped() -> None:
+    package = os.path.dirname(fastrpc.__file__)
+    assert os.path.exists(os.path.join(package, "py.typed"))
+    assert os.path.exists(os.path.join(package, "_framing.pyi"))
