@@ -60,7 +60,7 @@ class PingProtocol(asyncio.Protocol):
             if stop > end:
                 break
             request = _loads(data[pos + 4 : stop])
-            body = _dumps({"out": "pong", "result": request.get("params"), "id": request.get("id")})
+            body = _dumps({"out": "pong", "result": request["params"], "id": request["id"]})
             append(_pack(len(body)))
             append(body)
             pos = stop

@@ -54,7 +54,7 @@ ABSENT: Any = _Absent()
 # server sends: {"out": "pong", "result": "sha params"}.
 _ID_PART = b', "id": '
 _ERROR_PREFIX = b'{"out": "error", "error": '
-_NULL_ID_TAIL = b', "id": null}'
+_ID_TYPES = (int, str, type(None))  # exact types: a bool is not an id
 
 
 class Method:
@@ -153,27 +153,29 @@ class ServerConnection:
 
     # -- input ---------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
-        """Take bytes from the peer and handle every complete frame."""
+    def receive_data(self, data: bytes) -> bytes:
+        """Take bytes from the peer and handle every complete frame; returns ``data_to_send()``."""
         self._reader.feed(data)
-        self.buffer_updated(0)
+        return self.buffer_updated(0)
 
-    def buffer_updated(self, nbytes: int) -> None:
-        """``nbytes`` were read into the last ``get_buffer`` view: handle every complete frame."""
+    def buffer_updated(self, nbytes: int) -> bytes:
+        """``nbytes`` were read into the last ``get_buffer`` view: handle every
+        complete frame; returns ``data_to_send()``, so that a read costs one call."""
         reader = self._reader
         reader.buffer_updated(nbytes)
-        if self.closing:
-            return
-        receive_frame = self._receive_frame
-        try:
-            while True:
-                body = reader.next_frame()
-                if body is None:
-                    break
-                receive_frame(body)
-                self._fresh = False
-        except FrameTooLarge as exc:
-            self._frame_too_large(exc)
+        if not self.closing:
+            next_frame = reader.next_frame
+            try:
+                body = next_frame()
+                if body is not None:
+                    self._fresh = False
+                    receive_frame = self._receive_frame
+                    while body is not None:
+                        receive_frame(body)
+                        body = next_frame()
+            except FrameTooLarge as exc:
+                self._frame_too_large(exc)
+        return self.data_to_send()
 
     def _frame_too_large(self, exc: FrameTooLarge) -> None:
         self.closing = True
@@ -183,34 +185,29 @@ class ServerConnection:
             self._out.append(encode_error(ErrorCode.FRAME_TOO_LARGE, str(exc), {"size": exc.size, "limit": exc.limit}))
 
     def _receive_frame(self, body: Union[bytes, memoryview]) -> None:
+        # The hot path: a valid request costs this frame, the handler's and
+        # _result_body's. Anything unusual goes to _reject for its exact error.
         try:
             request = _loads(body)
-        except _JSONDecodeError as exc:
-            return self._reply(None, encode_error(ErrorCode.PARSE_ERROR, f"parse error: {exc}"))
-        if type(request) is not dict:
-            return self._reply(None, encode_error(ErrorCode.INVALID_REQUEST, "invalid request: a request must be a JSON object"))
-        rid = request.get("id")
-        if rid is not None and type(rid) is not int and type(rid) is not str:
-            return self._reply(None, encode_error(ErrorCode.INVALID_REQUEST, "invalid request: 'id' must be an integer or a string"))
-        name = request.get("in")
-        method = self._methods.get(name) if type(name) is str else None
-        if method is None:
-            if type(name) is not str:
-                return self._reply(rid, encode_error(ErrorCode.INVALID_REQUEST, "invalid request: 'in' must be a string naming a method", None, rid))
-            return self._reply(rid, encode_error(ErrorCode.METHOD_NOT_FOUND, f"method not found: {name!r}", None, rid))
+            rid = request.get("id")  # AttributeError: not an object
+            method = self._methods[request["in"]]  # KeyError, TypeError: no such method, or 'in' unhashable
+        except (_JSONDecodeError, AttributeError, KeyError, TypeError):
+            return self._reject(body)
+        if type(rid) not in _ID_TYPES:
+            return self._reject(body)
         params = request.get("params", ABSENT)
-        if method.raw_params:
-            args: Any = None if params is ABSENT else params
-            params = [args]
+        func = method.func
         try:
-            if type(params) is list:
-                result = method.func(*params)
+            if method.raw_params:
+                result = func(None if params is ABSENT else params)
+            elif type(params) is list:
+                result = func(*params)
             elif type(params) is dict:
-                result = method.func(**params)
+                result = func(**params)
             elif params is ABSENT:
-                result = method.func()
+                result = func()
             else:
-                result = method.func(params)
+                result = func(params)
         except Exception as exc:
             return self._reply(rid, self._error_body(method, params, exc, rid))
         if method.is_async:
@@ -219,8 +216,26 @@ class ServerConnection:
                 slot = [None]
                 self._slots.append(slot)
             self._spawn(Call(method, rid, slot, result, params))
-            return None
-        return self._reply(rid, self._result_body(method, result, rid))
+        elif rid is None and self._slots:
+            self._slots.append([self._result_body(method, result, rid)])
+        else:
+            self._out.append(self._result_body(method, result, rid))
+
+    def _reject(self, body: Union[bytes, memoryview]) -> None:
+        """Answer a frame that is not a valid call of a known method (docs/protocol.md section 6)."""
+        try:
+            request = _loads(body)
+        except _JSONDecodeError as exc:
+            return self._reply(None, encode_error(ErrorCode.PARSE_ERROR, f"parse error: {exc}"))
+        if type(request) is not dict:
+            return self._reply(None, encode_error(ErrorCode.INVALID_REQUEST, "invalid request: a request must be a JSON object"))
+        rid = request.get("id")
+        if type(rid) not in _ID_TYPES:
+            return self._reply(None, encode_error(ErrorCode.INVALID_REQUEST, "invalid request: 'id' must be an integer or a string"))
+        name = request.get("in")
+        if type(name) is not str:
+            return self._reply(rid, encode_error(ErrorCode.INVALID_REQUEST, "invalid request: 'in' must be a string naming a method", None, rid))
+        return self._reply(rid, encode_error(ErrorCode.METHOD_NOT_FOUND, f"method not found: {name!r}", None, rid))
 
     # -- outcomes --------------------------------------------------------------
 

@@ -136,6 +136,10 @@ class _Connection(asyncio.BufferedProtocol):
 
     def __init__(self, server: Server) -> None:
         self._server = server
+        self._core = core = ServerConnection(server.methods, self._spawn, max_frame_size=server.max_frame_size, debug=server.debug)
+        # The transport looks get_buffer up once, before connection_made:
+        # binding the core's own method here spares a Python call per read.
+        self.get_buffer = core.get_buffer  # type: ignore[method-assign]
         self._tasks: Dict[Call, asyncio.Task[None]] = {}
         self._flush_scheduled = False
         self._eof = False
@@ -147,18 +151,15 @@ class _Connection(asyncio.BufferedProtocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._peer = transport.get_extra_info("peername")
-        server = self._server
-        self._core = ServerConnection(server.methods, self._spawn, max_frame_size=server.max_frame_size, debug=server.debug)
-        server._connections.add(self)
+        self._server._connections.add(self)
         log.debug("connection from %s opened", self._peer)
 
-    def get_buffer(self, sizehint: int) -> memoryview:
+    def get_buffer(self, sizehint: int) -> memoryview:  # replaced per instance in __init__
         return self._core.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
         core = self._core
-        core.buffer_updated(nbytes)
-        data = core.data_to_send()
+        data = core.buffer_updated(nbytes)
         if data:
             self._transport.write(data)
         if core.closing:
