@@ -21,6 +21,7 @@ from .errors import (
 )
 from .limits import DEFAULT_MAX_FRAME_SIZE
 from .server import Server, run
+from .sync_client import SyncClient
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,7 @@ __all__ = [
     "Server",
     "ServerBusy",
     "ShuttingDown",
+    "SyncClient",
     "connect",
     "run",
 ]

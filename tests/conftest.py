@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, AsyncIterator, Awaitable, Callable
+import threading
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
@@ -57,6 +58,26 @@ async def serving(server: fastrpc.Server) -> AsyncIterator[int]:
     finally:
         server.close()
         await server.wait_closed()
+
+
+@contextlib.contextmanager
+def serving_in_thread(server: fastrpc.Server, loop_kind: str = "uvloop") -> Iterator[int]:
+    """Serve ``server`` from an event loop in a background thread, for blocking clients; yield the port."""
+    loop = new_event_loop(loop_kind)
+    thread = threading.Thread(target=loop.run_forever, name="test-server", daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(server.start("127.0.0.1", 0), loop).result(TEST_TIMEOUT)
+        yield server.port
+    finally:
+        async def stop() -> None:
+            server.close()
+            await server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(TEST_TIMEOUT)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(TEST_TIMEOUT)
+        loop.close()
 
 
 def demo_server(**kwargs: Any) -> fastrpc.Server:

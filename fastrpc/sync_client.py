@@ -1,0 +1,266 @@
+"""The blocking client: plain sockets over the same core as the async client.
+
+Many threads may share one ``SyncClient``. Their calls are multiplexed by id
+on its one connection: a thread sends its requests under a send lock, then
+waits. Whichever waiting thread finds nobody reading becomes the reader: it
+reads, hands every decoded reply to its waiter and wakes the others, and
+passes the job on once its own replies are in. No event loop, no thread per
+call, no background thread.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+import time
+from typing import Any, Iterable, List, Optional, Sequence, Set, Tuple, Union
+
+from .errors import CallTimeout, ConnectionClosed, FastRPCError, FrameTooLarge
+from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
+from .protocol import ABSENT, ClientConnection
+
+__all__ = ["SyncClient"]
+
+
+class _Batch:
+    """The outcomes of the calls one thread sent together, and the event it waits on.
+
+    The core's waiter for call ``i`` is ``(batch, i)``. The event is set when
+    the last outcome arrives, and also to hand a waiting thread the reading.
+    """
+
+    __slots__ = ("results", "errors", "left", "event")
+
+    def __init__(self, size: int) -> None:
+        self.results: List[Any] = [None] * size
+        self.errors: List[Optional[BaseException]] = [None] * size
+        self.left = size
+        self.event = threading.Event()
+
+
+def _deliver(waiter: Tuple[_Batch, int], result: Any, error: Optional[BaseException]) -> None:
+    batch, index = waiter
+    batch.results[index] = result
+    batch.errors[index] = error
+    batch.left -= 1
+    if not batch.left:
+        batch.event.set()
+
+
+def _remaining(deadline: Optional[float]) -> Optional[float]:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+class SyncClient:
+    """A blocking connection to a fastrpc server, safe to share between threads.
+
+    >>> with SyncClient("127.0.0.1", 8080, timeout=5.0) as client:   # doctest: +SKIP
+    ...     client.call("add", [1, 2])
+    3
+
+    ``timeout`` is the default per-call timeout in seconds (None: wait
+    forever); it covers sending and waiting for the reply. ``ids=False`` is
+    the ordered mode for servers that answer without ids, in request order.
+    Errors are those of the async client: ``RemoteError`` subclasses for
+    error replies, ``CallTimeout``, ``ConnectionClosed``.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        *,
+        timeout: Optional[float] = None,
+        connect_timeout: Optional[float] = 10.0,
+        ids: bool = True,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    ) -> None:
+        self.timeout = timeout
+        self._core = ClientConnection(_deliver, ids=ids, max_frame_size=check_max_frame_size(max_frame_size))
+        try:
+            sock = socket.create_connection((host, port), timeout=connect_timeout)
+        except socket.timeout:
+            raise ConnectionClosed(f"could not connect to {host}:{port} within {connect_timeout} s") from None
+        except OSError as exc:
+            raise ConnectionClosed(f"could not connect to {host}:{port}: {exc.strerror or exc}") from exc
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Non-blocking: every wait goes through select() with the caller's deadline.
+        sock.setblocking(False)
+        self._sock = sock
+        self._send_lock = threading.Lock()  # keeps frames whole and in core order on the wire
+        self._state = threading.Lock()  # guards the core's call table and the fields below
+        self._reading = False  # a thread is reading for everyone
+        self._waiting: Set[_Batch] = set()  # batches whose threads sleep while another reads
+        self._closed: Optional[str] = None  # why the connection is unusable
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is closed or lost."""
+        return self._closed is not None
+
+    def call(self, method: str, params: Any = ABSENT, *, timeout: Optional[float] = ABSENT) -> Any:
+        """Call ``method`` with ``params`` and return its result (see ``Client.call``)."""
+        batch = self._run([(method, params)], timeout)
+        if batch.errors[0] is not None:
+            raise batch.errors[0]
+        return batch.results[0]
+
+    def call_many(
+        self,
+        calls: Iterable[Union[Tuple[str], Tuple[str, Any]]],
+        *,
+        timeout: Optional[float] = ABSENT,
+        return_exceptions: bool = False,
+    ) -> List[Any]:
+        """Send ``(method, params)`` calls in one write; return their results in order.
+
+        An entry of just ``(method,)`` sends no params. Every reply is waited for before anything is raised. If a call
+        failed, its exception is raised (the first in list order), unless
+        ``return_exceptions`` is true: failed calls then hold their exception
+        in the list, as with ``asyncio.gather``. ``timeout`` bounds the whole
+        batch.
+        """
+        batch = self._run([(call[0], call[1] if len(call) > 1 else ABSENT) for call in calls], timeout)
+        errors = batch.errors
+        if not return_exceptions:
+            for error in errors:
+                if error is not None:
+                    raise error
+        return [result if error is None else error for result, error in zip(batch.results, errors)]
+
+    def close(self) -> None:
+        """Close the connection; calls still waiting fail with ConnectionClosed."""
+        self._lost(None)
+        # Readers and senders wake up on the shut-down socket; close the
+        # descriptor only once neither uses it.
+        deadline = time.monotonic() + 5.0
+        while self._reading and time.monotonic() < deadline:
+            time.sleep(0.001)
+        with self._send_lock:
+            self._sock.close()
+
+    def __enter__(self) -> "SyncClient":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # -- the machinery ---------------------------------------------------------
+
+    def _run(self, calls: Sequence[Tuple[str, Any]], timeout: Optional[float]) -> _Batch:
+        if timeout is ABSENT:
+            timeout = self.timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        batch = _Batch(len(calls))
+        keys = self._send(calls, batch, deadline)
+        if not self._wait(batch, deadline):
+            with self._state:
+                for key in keys:
+                    self._core.forget(key)  # a late reply is dropped
+            what = f"call to {calls[0][0]!r}" if len(calls) == 1 else f"batch of {len(calls)} calls"
+            raise CallTimeout(f"{what} timed out after {timeout} s")
+        return batch
+
+    def _send(self, calls: Sequence[Tuple[str, Any]], batch: _Batch, deadline: Optional[float]) -> List[int]:
+        core = self._core
+        with self._send_lock:
+            with self._state:
+                if self._closed is not None:
+                    raise ConnectionClosed(self._closed)
+                keys: List[int] = []
+                try:
+                    for index, (method, params) in enumerate(calls):
+                        keys.append(core.request(method, params, (batch, index)))
+                except FrameTooLarge:
+                    # Nothing of the batch goes out.
+                    core.data_to_send()
+                    for key in keys:
+                        core.forget(key)
+                    raise
+                data = core.data_to_send()
+            view = memoryview(data)
+            while view:
+                try:
+                    view = view[self._sock.send(view):]
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    self._lost(exc)
+                    raise ConnectionClosed(self._closed) from exc
+                if view and not select.select([], [self._sock], [], _remaining(deadline))[1]:
+                    if len(view) < len(data):
+                        # Half a frame is on the wire: the stream cannot be resynchronised.
+                        self._lost(CallTimeout("a send timed out halfway through a frame"))
+                    with self._state:
+                        for key in keys:
+                            core.forget(key)
+                    raise CallTimeout(f"sending timed out after {len(data) - len(view)} of {len(data)} bytes")
+        return keys
+
+    def _wait(self, batch: _Batch, deadline: Optional[float]) -> bool:
+        """Wait until the batch is complete (True) or the deadline passes (False)."""
+        state = self._state
+        while True:
+            with state:
+                if not batch.left:
+                    return True
+                if not self._reading:
+                    self._reading = True
+                    break
+                # Someone else reads: sleep until our replies are in or the
+                # reading is handed to us.
+                batch.event.clear()
+                self._waiting.add(batch)
+            woken = batch.event.wait(_remaining(deadline))
+            with state:
+                self._waiting.discard(batch)
+                if not woken:
+                    return not batch.left
+        try:
+            return self._read_until(batch, deadline)
+        finally:
+            with state:
+                self._reading = False
+                for other in self._waiting:
+                    if other.left:
+                        other.event.set()  # your turn to read
+                        break
+
+    def _read_until(self, batch: _Batch, deadline: Optional[float]) -> bool:
+        """Read for everyone until ``batch`` is complete (True) or the deadline passes (False)."""
+        core = self._core
+        sock = self._sock
+        while batch.left:
+            if self._closed is not None:
+                return True  # the core failed every pending call
+            if not select.select([sock], [], [], _remaining(deadline))[0]:
+                return False
+            try:
+                nbytes = sock.recv_into(core.get_buffer(-1))
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                self._lost(exc)
+                continue
+            if nbytes == 0:
+                self._lost(None)
+                continue
+            with self._state:
+                try:
+                    core.buffer_updated(nbytes)
+                except FastRPCError as exc:
+                    self._lost(exc)
+        return True
+
+    def _lost(self, cause: Optional[BaseException]) -> None:
+        """The connection is unusable: fail every pending call, naming ``cause``."""
+        with self._state:
+            if self._closed is not None:
+                return
+            self._closed = "connection closed" + (f": {cause}" if cause else "")
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._core.close(cause)
