@@ -7,10 +7,20 @@ import importlib
 import logging
 import os
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional, Tuple
 
+import orjson
+
+from .errors import CallTimeout, ConnectionClosed, RemoteError
 from .limits import DEFAULT_MAX_FRAME_SIZE
+from .protocol import ABSENT
 from .server import Server, run
+
+# Exit statuses of `fastrpc call` (2 is argparse's usage error).
+EXIT_REMOTE_ERROR = 1
+EXIT_USAGE = 2
+EXIT_CONNECTION = 3
+EXIT_TIMEOUT = 4
 
 
 def load_server(spec: str) -> Server:
@@ -31,13 +41,73 @@ def load_server(spec: str) -> Server:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.workers > 1:
+        return _serve_workers(args)
     if args.app:
         server = load_server(args.app)
     else:
         from .demo import server
     if args.max_frame_size is not None:
         server.max_frame_size = args.max_frame_size
-    run(server, args.host, args.port, loop=args.loop)
+    run(server, args.host, args.port, loop=args.loop, reuse_port=args.reuse_port)
+    return 0
+
+
+def _serve_workers(args: argparse.Namespace) -> int:
+    from .workers import Supervisor, reserve_port
+
+    if args.app:
+        load_server(args.app)  # fail here, once, rather than in every worker
+    reserved = reserve_port(args.host, args.port)
+    port = reserved.getsockname()[1]
+    command = [sys.executable, "-m", "fastrpc", "serve", "--host", args.host, "--port", str(port),
+               "--loop", args.loop, "--reuse-port", "--log-level", args.log_level]
+    if args.app:
+        command.insert(4, args.app)
+    if args.max_frame_size is not None:
+        command += ["--max-frame-size", str(args.max_frame_size)]
+    logging.getLogger("fastrpc.workers").info("fastrpc serving on %s:%s with %d workers", args.host, port, args.workers)
+    try:
+        return Supervisor(command, args.workers).run()
+    finally:
+        reserved.close()
+
+
+def parse_address(text: str) -> Tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8080`` for IPv6) as (host, port)."""
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def parse_json(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
+
+
+def _call(args: argparse.Namespace) -> int:
+    from .sync_client import SyncClient
+
+    host, port = args.address
+    try:
+        with SyncClient(host, port, timeout=args.timeout, connect_timeout=args.timeout) as client:
+            result = client.call(args.method, args.params)
+    except RemoteError as exc:
+        print(f"fastrpc: remote error {exc.code}: {exc.message}", file=sys.stderr)
+        if exc.data is not None:
+            print(orjson.dumps(exc.data).decode(), file=sys.stderr)
+        return EXIT_REMOTE_ERROR
+    except CallTimeout as exc:
+        print(f"fastrpc: {exc}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    except ConnectionClosed as exc:
+        print(f"fastrpc: {exc}", file=sys.stderr)
+        return EXIT_CONNECTION
+    print(orjson.dumps(result).decode())
     return 0
 
 
@@ -53,11 +123,35 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"largest frame body accepted (default {DEFAULT_MAX_FRAME_SIZE})")
     serve.add_argument("--log-level", default="INFO", type=str.upper,
                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+    serve.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                       help="processes sharing the port with SO_REUSEPORT (Linux); the parent restarts any that dies")
+    serve.add_argument("--reuse-port", action="store_true",
+                       help="bind with SO_REUSEPORT, so that other processes may serve the same port")
     serve.set_defaults(handler=_serve)
+
+    call = commands.add_parser(
+        "call", help="call a method and print its result as JSON",
+        epilog=f"exit status: 0 success, {EXIT_REMOTE_ERROR} remote error, {EXIT_USAGE} usage error, "
+               f"{EXIT_CONNECTION} connection failed or lost, {EXIT_TIMEOUT} timeout",
+    )
+    call.add_argument("address", type=parse_address, metavar="HOST:PORT")
+    call.add_argument("method")
+    call.add_argument("params", nargs="?", type=parse_json, default=ABSENT, metavar="PARAMS_JSON",
+                      help="the params as JSON: a list for positional arguments, an object for keywords")
+    call.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds (default 10)")
+    call.set_defaults(handler=_call, log_level="WARNING")
+
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
     return int(args.handler(args))

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, List
+from typing import Iterator, List, Set
 
 import pytest
 
@@ -93,3 +93,105 @@ def test_serve_bad_app(tmp_path: Path, app: str, message: str) -> None:
     out = subprocess.run([sys.executable, "-m", "fastrpc", "serve", app, "--port", str(free_port())],
                          cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert out.returncode != 0 and message in out.stderr
+
+
+# -- fastrpc call -------------------------------------------------------------------------
+
+def fastrpc_call(*args: str) -> "subprocess.CompletedProcess[str]":
+    return subprocess.run([sys.executable, "-m", "fastrpc", "call", *args], capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def demo_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    port = free_port()
+    for _ in serve(["--port", str(port)], tmp_path_factory.mktemp("demo")):
+        yield port
+
+
+def test_call_prints_the_result(demo_port: int) -> None:
+    out = fastrpc_call(f"127.0.0.1:{demo_port}", "add", "[1, 2]")
+    assert (out.returncode, out.stdout, out.stderr) == (0, "3\n", "")
+    out = fastrpc_call(f"127.0.0.1:{demo_port}", "echo", '{"a": [1, "x", null]}')
+    assert out.returncode == 0 and json.loads(out.stdout) == {"a": [1, "x", None]}
+    out = fastrpc_call(f"127.0.0.1:{demo_port}", "ping")
+    assert (out.returncode, out.stdout) == (0, "null\n")
+
+
+def test_call_remote_error(demo_port: int) -> None:
+    out = fastrpc_call(f"127.0.0.1:{demo_port}", "nope")
+    assert out.returncode == 1 and out.stdout == ""
+    assert "-32601" in out.stderr and "method not found" in out.stderr
+    out = fastrpc_call(f"127.0.0.1:{demo_port}", "add", "[1]")
+    assert out.returncode == 1 and "-32602" in out.stderr
+
+
+def test_call_bad_params_json_is_a_usage_error(demo_port: int) -> None:
+    out = fastrpc_call(f"127.0.0.1:{demo_port}", "add", "[1,")
+    assert out.returncode == 2 and "not valid JSON" in out.stderr and out.stdout == ""
+
+
+@pytest.mark.parametrize("address", ["localhost", "127.0.0.1:", "127.0.0.1:http", "127.0.0.1:70000"])
+def test_call_bad_address_is_a_usage_error(address: str) -> None:
+    out = fastrpc_call(address, "ping")
+    assert out.returncode == 2 and "HOST:PORT" in out.stderr
+
+
+def test_call_connection_refused() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        out = fastrpc_call(f"127.0.0.1:{sock.getsockname()[1]}", "ping")
+    assert out.returncode == 3 and "could not connect" in out.stderr
+
+
+def test_call_timeout(demo_port: int) -> None:
+    out = fastrpc_call(f"127.0.0.1:{demo_port}", "sleep", "5", "--timeout", "0.2")
+    assert out.returncode == 4 and "timed out" in out.stderr
+
+
+# -- fastrpc serve --workers --------------------------------------------------------------
+
+PID_APP = "import os\nimport fastrpc\napp = fastrpc.Server()\n@app.method\ndef pid():\n    return os.getpid()\n"
+
+
+def worker_pids(port: int, wanted: int, exclude: Set[int] = frozenset()) -> Set[int]:
+    """Pids answering on ``port`` over fresh connections, until ``wanted`` distinct new ones are seen."""
+    seen: Set[int] = set()
+    deadline = time.monotonic() + 20
+    while len(seen - exclude) < wanted and time.monotonic() < deadline:
+        try:
+            seen.add(json.loads(call(port, b'{"in": "pid", "id": 1}'))["result"])
+        except OSError:
+            time.sleep(0.05)  # a worker between death and its replacement's start
+    return seen
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="--workers needs SO_REUSEPORT")
+def test_serve_workers(tmp_path: Path) -> None:
+    (tmp_path / "pidapp.py").write_text(PID_APP)
+    port = free_port()
+    for proc in serve(["pidapp:app", "--port", str(port), "--workers", "2"], tmp_path):
+        first = worker_pids(port, 2)
+        assert len(first) == 2 and proc.pid not in first
+
+        victim, survivor = sorted(first)
+        os.kill(victim, signal.SIGKILL)
+        # The port stays served, and a replacement worker appears.
+        replacement = worker_pids(port, 1, exclude=first) - first
+        assert len(replacement) == 1
+        assert worker_pids(port, 2) == {survivor} | replacement
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in first | replacement if pid != victim) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(alive(pid) for pid in (survivor, *replacement))
+        assert "with 2 workers" in proc.stderr.read()
