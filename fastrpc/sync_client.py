@@ -26,8 +26,10 @@ __all__ = ["SyncClient"]
 class _Batch:
     """The outcomes of the calls one thread sent together, and the event it waits on.
 
-    The core's waiter for call ``i`` is ``(batch, i)``. The event is set when
-    the last outcome arrives, and also to hand a waiting thread the reading.
+    The core's waiter for call ``i`` is ``(batch, i)``. The event exists only
+    once its thread sleeps while another reads (a lone thread reads for
+    itself and never needs one); it is set when the last outcome arrives, and
+    also to hand the sleeping thread the reading.
     """
 
     __slots__ = ("results", "errors", "left", "event")
@@ -36,7 +38,7 @@ class _Batch:
         self.results: List[Any] = [None] * size
         self.errors: List[Optional[BaseException]] = [None] * size
         self.left = size
-        self.event = threading.Event()
+        self.event: Optional[threading.Event] = None
 
 
 def _deliver(waiter: Tuple[_Batch, int], result: Any, error: Optional[BaseException]) -> None:
@@ -44,7 +46,7 @@ def _deliver(waiter: Tuple[_Batch, int], result: Any, error: Optional[BaseExcept
     batch.results[index] = result
     batch.errors[index] = error
     batch.left -= 1
-    if not batch.left:
+    if not batch.left and batch.event is not None:
         batch.event.set()
 
 
@@ -210,9 +212,13 @@ class SyncClient:
                     break
                 # Someone else reads: sleep until our replies are in or the
                 # reading is handed to us.
-                batch.event.clear()
+                if batch.event is None:
+                    batch.event = threading.Event()
+                else:
+                    batch.event.clear()
+                event = batch.event
                 self._waiting.add(batch)
-            woken = batch.event.wait(_remaining(deadline))
+            woken = event.wait(_remaining(deadline))
             with state:
                 self._waiting.discard(batch)
                 if not woken:
@@ -224,7 +230,7 @@ class SyncClient:
                 self._reading = False
                 for other in self._waiting:
                     if other.left:
-                        other.event.set()  # your turn to read
+                        other.event.set()  # type: ignore[union-attr]  # your turn to read
                         break
 
     def _read_until(self, batch: _Batch, deadline: Optional[float]) -> bool:
