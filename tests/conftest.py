@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import socket
+import subprocess
+import sys
 import threading
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, List
 
 import pytest
 
@@ -136,3 +142,40 @@ class RawConnection:
         self.writer.close()
         with contextlib.suppress(ConnectionError):
             await self.writer.wait_closed()
+
+
+# -- servers in subprocesses ------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_listening(proc: "subprocess.Popen[str]", port: int) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("server did not start listening")
+
+
+def serve(args: List[str], cwd: Path) -> Iterator["subprocess.Popen[str]"]:
+    port = int(args[args.index("--port") + 1])
+    proc = subprocess.Popen([sys.executable, "-m", "fastrpc", "serve", *args], cwd=cwd,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_listening(proc, port)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)

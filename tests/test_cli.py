@@ -14,11 +14,7 @@ from typing import Iterator, List, Set
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from .conftest import free_port, serve
 
 
 def call(port: int, body: bytes) -> bytes:
@@ -30,35 +26,6 @@ def call(port: int, body: bytes) -> bytes:
             assert chunk, "server closed the connection"
             data += chunk
         return data[4:]
-
-
-def wait_listening(proc: "subprocess.Popen[str]", port: int) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError("server did not start listening")
-
-
-def serve(args: List[str], cwd: Path) -> Iterator["subprocess.Popen[str]"]:
-    port = int(args[args.index("--port") + 1])
-    proc = subprocess.Popen([sys.executable, "-m", "fastrpc", "serve", *args], cwd=cwd,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        wait_listening(proc, port)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
 
 
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
