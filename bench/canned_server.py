@@ -65,9 +65,14 @@ class CannedProtocol(asyncio.BufferedProtocol):
 
 async def serve(host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
-    stop = loop.create_future()
+    stop: "asyncio.Future[None]" = loop.create_future()
+
+    def request_stop() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, lambda: stop.done() or stop.set_result(None))
+        loop.add_signal_handler(signum, request_stop)
     server = await loop.create_server(CannedProtocol, host, port, backlog=1024)
     print(f"canned server listening on {host}:{port}", file=sys.stderr, flush=True)
     async with server:

@@ -94,7 +94,9 @@ class LatencyHistogram:
         """The value at or below which ``fraction`` (0 to 1) of the recorded values lie; 0 when empty."""
         if not self.total:
             return 0.0
-        rank = max(1, math.ceil(fraction * self.total))  # nearest rank: a value that was recorded
+        # Nearest rank: a value that was recorded. Rounding first keeps float noise
+        # (0.07 * 100 == 7.000000000000001) from moving it up by one.
+        rank = max(1, math.ceil(round(fraction * self.total, 9)))
         seen = 0
         for index, count in enumerate(self.counts):
             seen += count
@@ -124,7 +126,7 @@ class Report:
     connections: int
     depth: int
     method: str
-    seconds: float  # the measured window: from its start to the last of its replies
+    seconds: float  # the measured window: from its start to its last reply (to its last send if some never came)
     requests: int  # requests sent in the window; always successes + errors
     successes: int
     errors: int  # error replies, bad replies, and requests lost with their connection
@@ -264,7 +266,7 @@ class _LoadConnection(asyncio.BufferedProtocol):
         if out == "error" and type(error) is dict:
             self._load.sample(f"error {error.get('code')}: {error.get('message')}")
         else:
-            self._load.sample(f"a reply has neither a result nor an error: {bytes(body)[:100]!r}")
+            self._load.sample(f"a reply is neither a result nor an error: {bytes(body)[:100]!r}")
         return False
 
     def _retire(self, count: int, now: float, histogram: Optional[LatencyHistogram]) -> None:
@@ -344,7 +346,7 @@ class _Load:
             _, connection = await asyncio.wait_for(
                 self.loop.create_connection(lambda: _LoadConnection(self), host, port), timeout
             )
-            return connection  # type: ignore[return-value]
+            return connection
 
         results = await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
         self.connections = [r for r in results if isinstance(r, _LoadConnection)]
@@ -359,7 +361,7 @@ class _Load:
         """Fill every connection's pipeline."""
         self._started = self._last_tick = _clock()
         for connection in self.connections:
-            count = self.depth if self.budget is None else self.take(self.depth)
+            count = self.take(self.depth)
             if count:
                 connection.send(count, self._started)
 
@@ -371,29 +373,28 @@ class _Load:
 
     async def pause(self, seconds: Optional[float]) -> None:
         """Wait ``seconds`` (None: no limit) or until sending must stop; report progress on the way."""
+        progress = self.progress
         end = math.inf if seconds is None else _clock() + seconds
         while not self._stop.is_set():
             now = _clock()
             if now >= end:
                 return
-            wake = min(end, self._last_tick + _PROGRESS_INTERVAL) if self.progress else end
+            wake = end if progress is None else min(end, self._last_tick + _PROGRESS_INTERVAL)
             try:
                 await asyncio.wait_for(self._stop.wait(), None if wake == math.inf else wake - now)
             except asyncio.TimeoutError:
                 pass
-            if self.progress and _clock() >= self._last_tick + _PROGRESS_INTERVAL:
-                self._tick()
-
-    def _tick(self) -> None:
-        now = _clock()
-        rate = (self.replies - self._last_replies) / (now - self._last_tick)
-        self._last_tick, self._last_replies = now, self.replies
-        elapsed = now - (self._opened if self.counting else self._started)
-        self.progress(Progress(elapsed, rate, self.successes + self.errors, self.errors, not self.counting))  # type: ignore[misc]
+            now = _clock()
+            if progress is not None and now >= self._last_tick + _PROGRESS_INTERVAL:
+                rate = (self.replies - self._last_replies) / (now - self._last_tick)
+                self._last_tick, self._last_replies = now, self.replies
+                elapsed = now - (self._opened if self.counting else self._started)
+                progress(Progress(elapsed, rate, self.successes + self.errors, self.errors, not self.counting))
 
     async def drain(self) -> float:
         """Stop sending, wait (bounded) for the replies still owed; returns the window's length."""
         self.sending = False
+        stopped = _clock()
         self.check_drained()
         try:
             await asyncio.wait_for(self._drained.wait(), DRAIN_TIMEOUT)
@@ -401,14 +402,16 @@ class _Load:
             for connection in self.connections:
                 if connection.in_flight:
                     connection.abandon(f"no reply within {DRAIN_TIMEOUT:g} s after the window closed")
+            # Waiting for replies that never came is no time the server spent answering.
+            return stopped - self._opened
         return _clock() - self._opened
 
     def take(self, count: int) -> int:
         """How many of ``count`` requests may be sent, within the budget of the window."""
-        if not self.counting:
+        if not self.counting or self.budget is None:
             return count
-        granted = min(count, self.budget)  # type: ignore[type-var]
-        self.budget -= granted  # type: ignore[operator]
+        granted = min(count, self.budget)
+        self.budget -= granted
         if not self.budget:
             self.sending = False
             self._stop.set()
