@@ -111,6 +111,36 @@ def _call(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from .loadgen import Progress, format_report, run_load
+    from .server import new_event_loop
+
+    host, port = args.address
+    live = sys.stderr.isatty() and not args.json
+
+    def show(progress: Progress) -> None:
+        phase = "warming up" if progress.warming_up else f"{progress.requests:,} done, {progress.errors:,} errors"
+        sys.stderr.write(f"\r\033[K  {progress.elapsed:6.1f}s  {progress.requests_per_s:12,.0f} req/s  {phase}")
+        sys.stderr.flush()
+
+    load = run_load(host, port, method=args.method, params=args.params, connections=args.connections,
+                    depth=args.depth, duration=None if args.requests else args.duration,
+                    requests=args.requests, warmup=args.warmup, progress=show if live else None,
+                    connect_timeout=args.connect_timeout)
+    loop = new_event_loop(args.loop)
+    try:
+        report = loop.run_until_complete(load)
+    except ConnectionError as exc:
+        print(f"fastrpc: {exc}", file=sys.stderr)
+        return EXIT_CONNECTION
+    finally:
+        loop.close()
+        if live:
+            sys.stderr.write("\r\033[K")
+    print(orjson.dumps(report.to_dict()).decode() if args.json else format_report(report))
+    return EXIT_REMOTE_ERROR if report.errors else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastrpc", description="Fast length-prefixed JSON RPC over TCP.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -141,7 +171,44 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds (default 10)")
     call.set_defaults(handler=_call, log_level="WARNING")
 
+    bench = commands.add_parser(
+        "bench", help="load a server with one method, wrk-style, and report throughput and latency",
+        epilog=f"exit status: 0 every request succeeded, {EXIT_REMOTE_ERROR} some failed (the report says how), "
+               f"{EXIT_USAGE} usage error, {EXIT_CONNECTION} a connection could not be opened",
+    )
+    bench.add_argument("address", type=parse_address, metavar="HOST:PORT")
+    bench.add_argument("--method", default="ping", help="method to call (default ping)")
+    bench.add_argument("--params", type=parse_json, default=ABSENT, metavar="JSON", help="its params as JSON")
+    bench.add_argument("--connections", type=_positive_int, default=50, metavar="N", help="(default 50)")
+    bench.add_argument("--depth", type=_positive_int, default=1, metavar="N",
+                       help="requests in flight per connection (default 1)")
+    length = bench.add_mutually_exclusive_group()
+    length.add_argument("--duration", type=_positive_float, default=10.0, metavar="S",
+                        help="seconds of measured load (default 10)")
+    length.add_argument("--requests", type=_positive_int, default=None, metavar="N",
+                        help="measure exactly N requests instead")
+    bench.add_argument("--warmup", type=_non_negative_float, default=0.0, metavar="S",
+                       help="seconds of unmeasured load first (default 0)")
+    bench.add_argument("--connect-timeout", type=_positive_float, default=10.0, metavar="S", help="(default 10)")
+    bench.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto")
+    bench.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    bench.set_defaults(handler=_bench, log_level="WARNING")
+
     return parser
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be zero or more, got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:

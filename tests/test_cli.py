@@ -115,6 +115,88 @@ def test_call_timeout(demo_port: int) -> None:
     assert out.returncode == 4 and "timed out" in out.stderr
 
 
+# -- fastrpc bench ------------------------------------------------------------------------
+
+def fastrpc_bench(*args: str) -> "subprocess.CompletedProcess[str]":
+    return subprocess.run([sys.executable, "-m", "fastrpc", "bench", *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_bench_json_counts(demo_port: int, loop: str) -> None:
+    out = fastrpc_bench(f"127.0.0.1:{demo_port}", "--connections", "3", "--depth", "4", "--requests", "600",
+                        "--warmup", "0.1", "--loop", loop, "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["requests"] == report["successes"] + report["errors"] == 600
+    assert report["errors"] == 0 and report["error_samples"] == []
+    assert (report["connections"], report["depth"], report["method"]) == (3, 4, "ping")
+    assert report["bytes_sent"] == 600 * len(b'....{"in":"ping"}')
+    assert 0 < report["p50"] <= report["p90"] <= report["p99"] <= report["p999"] <= report["max"]
+    assert out.stderr == ""  # no progress line when the output is not a terminal
+
+
+def test_bench_duration_text_report(demo_port: int) -> None:
+    out = fastrpc_bench(f"127.0.0.1:{demo_port}", "--method", "echo", "--params", '{"x": 1}',
+                        "--connections", "2", "--duration", "0.3")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("echo: 2 connections x 1 in flight")
+    assert "Latency" in out.stdout and "Requests/sec:" in out.stdout and " 0 errors" in out.stdout
+
+
+def test_bench_progress_line_on_a_terminal(demo_port: int) -> None:
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        out = subprocess.run([sys.executable, "-m", "fastrpc", "bench", f"127.0.0.1:{demo_port}", "--connections", "2",
+                              "--duration", "1.3"], stdout=subprocess.PIPE, stderr=slave, text=True, timeout=60)
+        os.close(slave)
+        slave = -1
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's other end is closed and everything was read
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert out.returncode == 0 and "Requests/sec:" in out.stdout
+    assert b"req/s" in seen and b"done, 0 errors" in seen  # the live line went to the terminal...
+    assert "req/s" not in out.stdout.split("Requests/sec:")[0]  # ...and not into the report
+
+
+def test_bench_errors_are_counted_and_set_the_exit_status(demo_port: int) -> None:
+    out = fastrpc_bench(f"127.0.0.1:{demo_port}", "--method", "nope", "--connections", "2", "--requests", "50", "--json")
+    assert out.returncode == 1
+    report = json.loads(out.stdout)
+    assert report["requests"] == report["errors"] == 50 and report["successes"] == 0
+    assert any("-32601" in sample for sample in report["error_samples"])
+
+
+def test_bench_connection_refused() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        out = fastrpc_bench(f"127.0.0.1:{sock.getsockname()[1]}", "--requests", "10")
+    assert out.returncode == 3 and "could not connect" in out.stderr and out.stdout == ""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--duration", "0"], "must be a positive number"),
+    (["--duration", "1", "--requests", "5"], "not allowed with"),
+    (["--connections", "0"], "must be at least 1"),
+    (["--params", "{"], "not valid JSON"),
+    (["--warmup", "-1"], "must be zero or more"),
+])
+def test_bench_usage_errors(args: List[str], message: str) -> None:
+    out = fastrpc_bench("127.0.0.1:9", *args)
+    assert out.returncode == 2 and message in out.stderr
+
+
 # -- fastrpc serve --workers --------------------------------------------------------------
 
 PID_APP = "import os\nimport fastrpc\napp = fastrpc.Server()\n@app.method\ndef pid():\n    return os.getpid()\n"
