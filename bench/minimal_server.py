@@ -1,19 +1,23 @@
-"""The floor for server_bench.py: the least work a ping server over fastrpc's wire format can do.
+"""The floor for bench/server_bench.py and bench/compare.py: the least work a ping/echo server can do.
 
 Each frame is a 4-byte big-endian length and a UTF-8 JSON body. For every
 request this server does only what any server must: split the frame, parse it
-with orjson, build ``{"out": "pong", "result": params, "id": id}`` and encode it
-with orjson. There is no method registry, no validation and no error handling:
-it exists so that fastrpc's CPU per request can be compared with a number that
-nothing Python-level can beat by much.
+with orjson, build ``{"out": "pong", "result": params, "id": id}`` (``"echo"``
+for echo; ``id`` only when the request has one) and encode it with orjson.
+There is no method registry and no validation: two string comparisons pick
+the reply, any other method gets the method-not-found error, and a frame that
+is not a request object breaks its connection. It exists so that fastrpc's
+CPU per request can be compared with a number that nothing Python-level can
+beat by much. SIGTERM or SIGINT stops it (exit status 0).
 
-    python bench/minimal_server.py --port 9000
+    python bench/minimal_server.py --host 127.0.0.1 --port 9000
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import socket
 import struct
 import sys
@@ -28,6 +32,7 @@ _dumps = orjson.dumps
 _header = struct.Struct(">I")
 _unpack_from = _header.unpack_from
 _pack = _header.pack
+_NOT_FOUND = {"code": -32601, "message": "method not found"}
 
 
 class PingProtocol(asyncio.Protocol):
@@ -60,7 +65,17 @@ class PingProtocol(asyncio.Protocol):
             if stop > end:
                 break
             request = _loads(data[pos + 4 : stop])
-            body = _dumps({"out": "pong", "result": request["params"], "id": request["id"]})
+            method = request["in"]
+            if method == "ping":
+                reply = {"out": "pong", "result": request.get("params")}
+            elif method == "echo":
+                reply = {"out": "echo", "result": request.get("params")}
+            else:
+                reply = {"out": "error", "error": _NOT_FOUND}
+            rid = request.get("id")
+            if rid is not None:
+                reply["id"] = rid
+            body = _dumps(reply)
             append(_pack(len(body)))
             append(body)
             pos = stop
@@ -70,11 +85,15 @@ class PingProtocol(asyncio.Protocol):
 
 
 async def serve(host: str, port: int) -> None:
-    server = await asyncio.get_running_loop().create_server(PingProtocol, host, port, backlog=1024)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    server = await loop.create_server(PingProtocol, host, port, backlog=1024)
     # Same wording as fastrpc's log line, so the same readiness check fits both.
     print(f"minimal server listening on {host}:{port}", file=sys.stderr, flush=True)
-    async with server:
-        await server.serve_forever()
+    async with server:  # closing it closes the connections too (uvloop)
+        await stop.wait()
 
 
 def main() -> None:
@@ -82,11 +101,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    # SIGTERM keeps its default action (exit at once): there is no state to save.
-    try:
-        uvloop.run(serve(args.host, args.port))
-    except KeyboardInterrupt:
-        pass
+    uvloop.run(serve(args.host, args.port))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any, Dict, Generator, Optional, Union
+from typing import Any, Generator, Optional
 
 from .errors import CallTimeout, ConnectionClosed, FastRPCError
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size

@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, List
 import pytest
 
 import fastrpc
-from fastrpc import _framing_py, framing, protocol
+from fastrpc import _framing_py, protocol
 from fastrpc.server import new_event_loop
 
 try:
