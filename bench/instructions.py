@@ -6,7 +6,7 @@ instruction counts do not. This runs a server under ``valgrind
 --requests``, on one connection with one request outstanding (every read then
 holds exactly one request), and divides the difference of the two totals by
 ``--requests``: start-up and shutdown cancel out. Kernel time (the system
-calls) is not counted; ``server_bench.py`` measures that.
+calls) is not counted; ``compare.py`` measures that.
 
     python bench/instructions.py                  # fastrpc and the floor
     python bench/instructions.py --servers fastrpc

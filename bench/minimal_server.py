@@ -1,4 +1,4 @@
-"""The floor for bench/server_bench.py and bench/compare.py: the least work a ping/echo server can do.
+"""The floor for bench/compare.py: the least work a ping/echo server can do.
 
 Each frame is a 4-byte big-endian length and a UTF-8 JSON body. For every
 request this server does only what any server must: split the frame, parse it
