@@ -465,6 +465,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--warmup", type=float, help="unmeasured seconds first (default 1, quick 0.2)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds; the table shows each run's median round")
     parser.add_argument("--servers", help="comma-separated names to run (default: all)")
+    parser.add_argument("--scenarios", help="comma-separated scenario names to run (default: all, or the quick set)")
     parser.add_argument("--output", type=Path, default=BENCH / "results", help="directory for the report and chart")
     args = parser.parse_args(argv)
 
@@ -473,12 +474,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     warmup = args.warmup if args.warmup is not None else (0.2 if quick else 1.0)
     scenarios = [s for s in SCENARIOS if not quick or s.name in QUICK_SCENARIOS]
     specs = servers()
-    if args.servers:
-        wanted = args.servers.split(",")
-        unknown = set(wanted) - {s.name for s in specs}
+
+    def select(items: List[Any], names: Optional[str], what: str) -> List[Any]:
+        if not names:
+            return items
+        wanted = names.split(",")
+        unknown = set(wanted) - {item.name for item in items}
         if unknown:
-            parser.error(f"unknown servers: {', '.join(sorted(unknown))}")
-        specs = [s for s in specs if s.name in wanted]
+            parser.error(f"unknown {what}: {', '.join(sorted(unknown))} (known: {', '.join(i.name for i in items)})")
+        return [item for item in items if item.name in wanted]
+
+    scenarios = select(scenarios, args.scenarios, "scenarios")
+    specs = select(specs, args.servers, "servers")
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
