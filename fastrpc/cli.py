@@ -49,6 +49,8 @@ def _serve(args: argparse.Namespace) -> int:
         from .demo import server
     if args.max_frame_size is not None:
         server.max_frame_size = args.max_frame_size
+    if args.shutdown_grace is not None:
+        server.shutdown_grace = args.shutdown_grace
     run(server, args.host, args.port, loop=args.loop, reuse_port=args.reuse_port)
     return 0
 
@@ -57,7 +59,10 @@ def _serve_workers(args: argparse.Namespace) -> int:
     from .workers import Supervisor, reserve_port
 
     if args.app:
-        load_server(args.app)  # fail here, once, rather than in every worker
+        server = load_server(args.app)  # fail here, once, rather than in every worker
+    else:
+        from .demo import server
+    grace = server.shutdown_grace if args.shutdown_grace is None else args.shutdown_grace
     reserved = reserve_port(args.host, args.port)
     port = reserved.getsockname()[1]
     command = [sys.executable, "-m", "fastrpc", "serve", "--host", args.host, "--port", str(port),
@@ -66,9 +71,11 @@ def _serve_workers(args: argparse.Namespace) -> int:
         command.insert(4, args.app)
     if args.max_frame_size is not None:
         command += ["--max-frame-size", str(args.max_frame_size)]
+    if args.shutdown_grace is not None:
+        command += ["--shutdown-grace", str(args.shutdown_grace)]
     logging.getLogger("fastrpc.workers").info("fastrpc serving on %s:%s with %d workers", args.host, port, args.workers)
     try:
-        return Supervisor(command, args.workers).run()
+        return Supervisor(command, args.workers, shutdown_grace=grace).run()
     finally:
         reserved.close()
 
@@ -151,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto")
     serve.add_argument("--max-frame-size", type=int, default=None, metavar="BYTES",
                        help=f"largest frame body accepted (default {DEFAULT_MAX_FRAME_SIZE})")
+    serve.add_argument("--shutdown-grace", type=_non_negative_float, default=None, metavar="S",
+                       help="on SIGTERM/SIGINT, seconds running calls get to finish before they are cancelled (default 30)")
     serve.add_argument("--log-level", default="INFO", type=str.upper,
                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
     serve.add_argument("--workers", type=_positive_int, default=1, metavar="N",

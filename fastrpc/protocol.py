@@ -24,6 +24,7 @@ from .errors import (
     FrameTooLarge,
     ProtocolError,
     RemoteError,
+    ShuttingDown,
     remote_error,
 )
 from .framing import FrameReader, pack_frames
@@ -119,6 +120,27 @@ class Call:
         self.params = params
 
 
+def _refuse(params: Any) -> Any:
+    raise ShuttingDown("the server is shutting down")
+
+
+class _Refusing:
+    """Stands in for the method registry of a stopping server: every name is
+    a method that refuses. The fast path is unchanged; it looks a method up
+    as always and gets this one."""
+
+    __slots__ = ()
+    _method = Method("refused", _refuse, raw_params=True)
+
+    def __getitem__(self, name: Any) -> Method:
+        if type(name) is not str:
+            raise TypeError("a method name is a string")  # still an invalid request
+        return self._method
+
+
+_REFUSING = _Refusing()
+
+
 class ServerConnection:
     """One server-side connection's protocol state.
 
@@ -150,6 +172,11 @@ class ServerConnection:
         self._raw_reply = b""
         self._fresh = True  # nothing received yet: a text probe is possible
         self.closing = False
+
+    def refuse_calls(self) -> None:
+        """Answer every call from now on with the shutting-down error (the
+        server is stopping); calls already running are not affected."""
+        self._methods = _REFUSING
 
     # -- input ---------------------------------------------------------------
 

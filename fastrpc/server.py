@@ -12,6 +12,7 @@ import signal
 import socket
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple, TypeVar, Union, overload
 
+from .errors import ShuttingDown
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
 from .protocol import Call, Method, ServerConnection
 
@@ -20,6 +21,10 @@ __all__ = ["Server", "run", "new_event_loop"]
 log = logging.getLogger("fastrpc.server")
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Seconds a connection of a stopping server waits, once it owes no reply, for
+#: requests still on their way before it closes (they get the shutting-down error).
+LINGER = 0.1
 
 
 def _ping(params: Any = None) -> Any:
@@ -39,12 +44,24 @@ class Server:
     a method of that name is registered over it.
     """
 
-    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, debug: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        shutdown_grace: float = 30.0,
+        debug: bool = False,
+    ) -> None:
         self.max_frame_size = check_max_frame_size(max_frame_size)
+        if not shutdown_grace >= 0:
+            raise ValueError(f"shutdown_grace must be zero or more seconds, got {shutdown_grace!r}")
+        self.shutdown_grace = shutdown_grace
         self.debug = debug
         self.methods: Dict[str, Method] = {"ping": Method("ping", _ping, out="pong", raw_params=True)}
         self._server: Optional[asyncio.AbstractServer] = None
         self._connections: Set[_Connection] = set()
+        self._closing = False
+        self._all_closed: Optional[asyncio.Event] = None  # set once closing and no connection is left
+        self._grace_timer: Optional[asyncio.TimerHandle] = None
 
     @overload
     def method(self, func: F) -> F: ...
@@ -115,19 +132,59 @@ class Server:
             raise RuntimeError("server is not listening")
         return int(addresses[0][1])
 
+    @property
+    def closing(self) -> bool:
+        """True once ``close()`` was called."""
+        return self._closing
+
     def close(self) -> None:
-        """Stop accepting connections and close the open ones."""
+        """Shut down gracefully: stop accepting connections, answer new
+        requests with the shutting-down error, let running calls finish for up
+        to ``shutdown_grace`` seconds (then cancel them: they are answered with
+        the same error), send every reply, and close each connection once it
+        owes nothing. ``wait_closed()`` returns when all of that is done."""
+        if self._closing:
+            return
+        self._closing = True
         if self._server is not None:
             self._server.close()
+        log.info("fastrpc shutting down: %d connections, grace %g s", len(self._connections), self.shutdown_grace)
         for connection in list(self._connections):
-            connection.close()
+            connection.shut_down()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # closed from outside a loop: nothing runs to wait for
+            return
+        self._grace_timer = loop.call_later(self.shutdown_grace, self._end_grace)
+        self._check_all_closed()
+
+    def _end_grace(self) -> None:
+        for connection in list(self._connections):
+            connection.cancel_calls()
+
+    def _forget(self, connection: "_Connection") -> None:
+        self._connections.discard(connection)
+        if self._closing:
+            self._check_all_closed()
+
+    def _check_all_closed(self) -> None:
+        if not self._connections:
+            if self._all_closed is not None:
+                self._all_closed.set()
+            if self._grace_timer is not None:
+                self._grace_timer.cancel()
 
     async def wait_closed(self) -> None:
-        """Wait until the server is closed and its connections are gone."""
+        """Wait until ``close()`` was called and has finished: every reply sent, every connection closed."""
         if self._server is None:
             return
-        while self._server.is_serving():
+        if self._all_closed is None:
+            self._all_closed = asyncio.Event()
+        while not self._closing:
             await asyncio.sleep(0.05)
+        if not self._connections:
+            self._all_closed.set()
+        await self._all_closed.wait()
         await self._server.wait_closed()
 
 
@@ -143,6 +200,8 @@ class _Connection(asyncio.BufferedProtocol):
         self._tasks: Dict[Call, asyncio.Task[None]] = {}
         self._flush_scheduled = False
         self._eof = False
+        self._draining = False  # the server is stopping
+        self._linger: Optional[asyncio.TimerHandle] = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport: asyncio.Transport = transport  # type: ignore[assignment]
@@ -153,6 +212,8 @@ class _Connection(asyncio.BufferedProtocol):
         self._peer = transport.get_extra_info("peername")
         self._server._connections.add(self)
         log.debug("connection from %s opened", self._peer)
+        if self._server.closing:
+            self.shut_down()
 
     def get_buffer(self, sizehint: int) -> memoryview:  # replaced per instance in __init__
         return self._core.get_buffer(sizehint)
@@ -164,6 +225,8 @@ class _Connection(asyncio.BufferedProtocol):
             self._transport.write(data)
         if core.closing:
             self._transport.close()
+        elif self._draining:
+            self._close_when_quiet()
 
     def eof_received(self) -> bool:
         # The peer shut down its write side: it is still owed the replies of
@@ -173,13 +236,36 @@ class _Connection(asyncio.BufferedProtocol):
         return bool(self._tasks)
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
-        self._server._connections.discard(self)
+        if self._linger is not None:
+            self._linger.cancel()
         for task in self._tasks.values():
             task.cancel()
+        self._server._forget(self)
         log.debug("connection from %s closed%s", self._peer, f": {exc}" if exc else "")
 
-    def close(self) -> None:
-        self._transport.close()
+    # -- graceful shutdown ---------------------------------------------------------
+
+    def shut_down(self) -> None:
+        """The server is stopping: refuse new calls, close once nothing is owed."""
+        self._draining = True
+        self._core.refuse_calls()
+        self._close_when_quiet()
+
+    def cancel_calls(self) -> None:
+        """The grace period is over: cancel the running calls (each is answered with the shutting-down error)."""
+        for task in self._tasks.values():
+            task.cancel()
+
+    def _close_when_quiet(self) -> None:
+        # Requests may still be on their way: closing the moment the last
+        # reply is written would lose them. Wait LINGER after the last read.
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        if not self._tasks and not self._transport.is_closing():
+            self._linger = self._loop.call_later(LINGER, self._transport.close)
+
+    # -- async handlers ------------------------------------------------------------
 
     def _spawn(self, call: Call) -> None:
         self._tasks[call] = self._loop.create_task(self._run(call))
@@ -189,6 +275,10 @@ class _Connection(asyncio.BufferedProtocol):
             result = await call.coro
         except Exception as exc:
             self._core.fail(call, exc)
+        except asyncio.CancelledError:
+            if not self._draining:
+                raise  # the connection is gone: nobody to answer
+            self._core.fail(call, ShuttingDown("the server shut down before the call finished"))
         else:
             self._core.complete(call, result)
         finally:
@@ -207,6 +297,8 @@ class _Connection(asyncio.BufferedProtocol):
             self._transport.write(data)
         if self._eof and not self._tasks:
             self._transport.close()
+        elif self._draining:
+            self._close_when_quiet()
 
 
 def new_event_loop(loop: str = "auto") -> asyncio.AbstractEventLoop:

@@ -19,7 +19,9 @@ from typing import Any, Callable, Dict, List, Optional
 log = logging.getLogger("fastrpc.workers")
 
 POLL_INTERVAL = 0.1  # seconds between checks on the workers
-STOP_GRACE = 30.0  # seconds the workers get to finish after SIGTERM before SIGKILL
+#: Seconds a worker gets after SIGTERM beyond its own shutdown grace (to answer
+#: the calls it cancels and close) before it is killed.
+STOP_MARGIN = 5.0
 RESTART_DELAY_MAX = 10.0  # seconds: the longest wait before restarting a worker that keeps dying
 QUICK_DEATH = 1.0  # seconds: a worker dying sooner than this after its start backs the restarts off
 
@@ -58,9 +60,10 @@ def _die_with_parent() -> None:
 class Supervisor:
     """Keeps ``count`` copies of ``command`` running until told to stop."""
 
-    def __init__(self, command: List[str], count: int) -> None:
+    def __init__(self, command: List[str], count: int, *, shutdown_grace: float = 30.0) -> None:
         self.command = command
         self.count = count
+        self.stop_timeout = shutdown_grace + STOP_MARGIN
         self.workers: Dict[int, subprocess.Popen[bytes]] = {}  # slot -> process
         self._started: Dict[int, float] = {}
         self._delay: Dict[int, float] = {}
@@ -122,13 +125,13 @@ class Supervisor:
         for proc in self.workers.values():
             if proc.poll() is None:
                 proc.send_signal(signum)
-        deadline = time.monotonic() + STOP_GRACE
+        deadline = time.monotonic() + self.stop_timeout
         clean = True
         for proc in self.workers.values():
             try:
                 status = proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.error("worker %d did not stop within %g s; killing it", proc.pid, STOP_GRACE)
+                log.error("worker %d did not stop within %g s; killing it", proc.pid, self.stop_timeout)
                 proc.kill()
                 status = proc.wait()
             clean = clean and status == 0

@@ -87,9 +87,13 @@ def serving_in_thread(server: fastrpc.Server, loop_kind: str = "uvloop") -> Iter
 
 
 def demo_server(**kwargs: Any) -> fastrpc.Server:
-    """A fresh server with the demo's methods plus a few test ones."""
+    """A fresh server with the demo's methods plus a few test ones.
+
+    Its shutdown grace is short: tests that stop it with calls still running
+    (a 30 s ``sleep``) should not wait the production default for them."""
     from fastrpc import demo
 
+    kwargs.setdefault("shutdown_grace", 0.5)
     server = fastrpc.Server(**kwargs)
     for name, method in demo.server.methods.items():
         server.methods[name] = method

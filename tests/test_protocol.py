@@ -400,3 +400,19 @@ def test_remote_error_classes_by_code() -> None:
 def test_method_options() -> None:
     method = Method("ping", lambda p=None: p, out="pong", raw_params=True)
     assert method.prefix == b'{"out": "pong", "result": '
+
+
+# -- section 6: a stopping server ---------------------------------------------------------
+
+def test_refused_calls_get_shutting_down_in_order(link: Link) -> None:
+    slow = link.send(request(**{"in": "later", "params": ["done"]}))  # an id-less async call, still owed
+    assert slow == [] and len(link.calls) == 1
+    link.server.refuse_calls()
+    replies = link.send(request(**{"in": "add", "params": [1, 2], "id": 1}), request(**{"in": "ping"}),
+                        request(**{"in": "nope", "id": "x"}), request(**{"in": 5, "id": 2}))
+    assert [error_of(r) for r in replies] == [(-32002, 1), (-32002, "x"), (-32600, 2)]
+    # The id-less refusal waits behind the id-less call that was already running.
+    link.finish(link.calls[0])
+    [first, second] = link.replies()
+    assert first == {"out": "later", "result": "done"}
+    assert error_of(second) == (-32002, None) and "shutting down" in second["error"]["message"]

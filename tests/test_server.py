@@ -212,7 +212,8 @@ def test_connection_loss_fails_every_pending_call(run: Any) -> None:
             client = await fastrpc.connect("127.0.0.1", port)
             calls = [asyncio.ensure_future(client.call("sleep", 10)) for _ in range(20)]
             await asyncio.sleep(0.1)
-            server.close()
+            [connection] = server._connections
+            connection._transport.abort()  # the connection breaks: no graceful anything
             outcomes = await asyncio.gather(*calls, return_exceptions=True)
             assert all(isinstance(o, fastrpc.ConnectionClosed) for o in outcomes)
             assert client.closed

@@ -1,0 +1,149 @@
+"""Graceful shutdown: running calls finish or are answered, new ones are refused, no reply is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, List
+
+import pytest
+
+import fastrpc
+
+from .conftest import demo_server, free_port, serving, wait_listening
+
+
+def test_running_calls_finish_and_new_ones_are_refused(run: Any) -> None:
+    async def main() -> None:
+        server = demo_server(shutdown_grace=10)
+        async with serving(server) as port, fastrpc.connect("127.0.0.1", port) as client:
+            running = [asyncio.ensure_future(client.call("sleep", 0.3)) for _ in range(20)]
+            await asyncio.sleep(0.1)
+            server.close()
+            assert server.closing
+            with pytest.raises(fastrpc.ShuttingDown, match="shutting down"):
+                await client.call("ping")
+            assert await asyncio.gather(*running) == [0.3] * 20  # within the grace: answered in full
+            started = time.monotonic()
+            await asyncio.wait_for(server.wait_closed(), 5)
+            assert time.monotonic() - started < 2  # closed once nothing was owed, not after the grace
+            with pytest.raises(fastrpc.ConnectionClosed):
+                await client.call("ping")
+            with pytest.raises(fastrpc.ConnectionClosed):  # no longer accepting
+                await fastrpc.connect("127.0.0.1", port)
+
+    run(main())
+
+
+def test_calls_past_the_grace_are_answered_with_shutting_down(run: Any) -> None:
+    async def main() -> None:
+        server = demo_server(shutdown_grace=0.2)
+        async with serving(server) as port, fastrpc.connect("127.0.0.1", port) as client:
+            running = [asyncio.ensure_future(client.call("sleep", 30)) for _ in range(10)]
+            ordered = await fastrpc.connect("127.0.0.1", port, ids=False)  # id-less: answered in order
+            running += [asyncio.ensure_future(ordered.call("sleep", 30)) for _ in range(5)]
+            await asyncio.sleep(0.1)
+            server.close()
+            outcomes = await asyncio.wait_for(asyncio.gather(*running, return_exceptions=True), 5)
+            assert all(isinstance(o, fastrpc.ShuttingDown) for o in outcomes), outcomes
+            assert "before the call finished" in str(outcomes[0])
+            await asyncio.wait_for(server.wait_closed(), 5)
+            await ordered.close()
+
+    run(main())
+
+
+def test_close_with_no_connections_returns_at_once(run: Any) -> None:
+    async def main() -> None:
+        server = demo_server()
+        async with serving(server):
+            pass
+        assert server.closing and not server._connections
+
+    run(main())
+
+
+def test_bad_grace() -> None:
+    with pytest.raises(ValueError, match="shutdown_grace"):
+        fastrpc.Server(shutdown_grace=-1)
+
+
+APP = """
+import asyncio
+import fastrpc
+
+server = fastrpc.Server()
+
+@server.method
+async def work(n):
+    await asyncio.sleep(0.3 + (n % 7) * 0.05)
+    return n
+"""
+
+
+def test_sigterm_with_ten_thousand_calls_in_flight(tmp_path: Path) -> None:
+    """50 connections x 200 calls in flight when SIGTERM arrives: every one answered, exit status 0."""
+    (tmp_path / "shutdown_app.py").write_text(APP)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "fastrpc", "serve", "shutdown_app:server", "--port", str(port)],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_listening(proc, port)
+
+        async def main() -> List[Any]:
+            clients = [await fastrpc.connect("127.0.0.1", port, timeout=30) for _ in range(50)]
+            calls = [asyncio.ensure_future(c.call("work", [i * 200 + j])) for i, c in enumerate(clients) for j in range(200)]
+            await asyncio.sleep(0.15)  # sent, and running on the server
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.05)
+            late = [asyncio.ensure_future(c.call("work", [0])) for c in clients[:5]]  # sent after the signal
+            outcomes = await asyncio.gather(*calls, *late, return_exceptions=True)
+            for client in clients:
+                await client.close()
+            return outcomes
+
+        outcomes = asyncio.run(main())
+        results = outcomes[:10_000]
+        # Answered or refused, never lost (a ConnectionClosed would be a lost reply).
+        assert [o for o in outcomes if not isinstance(o, (int, fastrpc.ShuttingDown))] == []
+        assert sum(isinstance(o, int) for o in results) > 0
+        assert [o for o in results if isinstance(o, int)] == sorted(o for o in results if isinstance(o, int))
+        assert all(o == i for i, o in enumerate(results) if isinstance(o, int))  # each its own answer
+        assert proc.wait(30) == 0
+        assert "shutting down" in proc.stderr.read()  # type: ignore[union-attr]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()  # type: ignore[union-attr]
+
+
+def test_serve_shutdown_grace_option(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "fastrpc", "serve", "--port", str(port), "--shutdown-grace", "0.2"],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(proc, port)  # type: ignore[arg-type]
+        with fastrpc.SyncClient("127.0.0.1", port, timeout=10) as client:
+            # 30 s calls running, then SIGTERM: past the 0.2 s grace they are refused, well before 30 s.
+            outcome: List[Any] = []
+            caller = threading.Thread(target=lambda: outcome.append(
+                client.call_many([("sleep", [30])] * 3, return_exceptions=True)))
+            caller.start()
+            time.sleep(0.3)
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            caller.join(10)
+            assert time.monotonic() - started < 5
+            [replies] = outcome
+            assert all(isinstance(r, fastrpc.ShuttingDown) and "before the call finished" in str(r) for r in replies)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
