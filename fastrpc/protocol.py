@@ -120,6 +120,10 @@ class Call:
         self.params = params
 
 
+class _Hold(Exception):
+    """Raised past ``spawn`` when it says the limit of calls in flight is reached."""
+
+
 def _refuse(params: Any) -> Any:
     raise ShuttingDown("the server is shutting down")
 
@@ -146,7 +150,9 @@ class ServerConnection:
 
     Feed it bytes (``receive_data``, or ``get_buffer``/``buffer_updated``);
     sync handlers run at once, async ones are handed to ``spawn`` as a
-    ``Call``. ``data_to_send`` returns every response that may go out now,
+    ``Call``; when ``spawn`` returns true (too many calls in flight), the
+    frames after that call stay buffered until the next ``buffer_updated``
+    (``buffer_updated(0)`` handles them without new data). ``data_to_send`` returns every response that may go out now,
     framed, as one bytes. Once ``closing`` is true the connection must be
     closed after that data is sent.
     """
@@ -154,7 +160,7 @@ class ServerConnection:
     def __init__(
         self,
         methods: Dict[str, Method],
-        spawn: Callable[[Call], None],
+        spawn: Callable[[Call], Optional[bool]],
         *,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         debug: bool = False,
@@ -202,6 +208,8 @@ class ServerConnection:
                         body = next_frame()
             except FrameTooLarge as exc:
                 self._frame_too_large(exc)
+            except _Hold:
+                pass
         return self.data_to_send()
 
     def _frame_too_large(self, exc: FrameTooLarge) -> None:
@@ -242,7 +250,8 @@ class ServerConnection:
             if rid is None:
                 slot = [None]
                 self._slots.append(slot)
-            self._spawn(Call(method, rid, slot, result, params))
+            if self._spawn(Call(method, rid, slot, result, params)):
+                raise _Hold  # at the limit of calls in flight: leave the next frames buffered
         elif rid is None and self._slots:
             self._slots.append([self._result_body(method, result, rid)])
         else:

@@ -48,10 +48,14 @@ class Server:
         self,
         *,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        max_in_flight: int = 1024,
         shutdown_grace: float = 30.0,
         debug: bool = False,
     ) -> None:
         self.max_frame_size = check_max_frame_size(max_frame_size)
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight!r}")
+        self.max_in_flight = max_in_flight
         if not shutdown_grace >= 0:
             raise ValueError(f"shutdown_grace must be zero or more seconds, got {shutdown_grace!r}")
         self.shutdown_grace = shutdown_grace
@@ -202,6 +206,9 @@ class _Connection(asyncio.BufferedProtocol):
         self._eof = False
         self._draining = False  # the server is stopping
         self._linger: Optional[asyncio.TimerHandle] = None
+        self._max_in_flight = server.max_in_flight
+        self._writing_paused = False  # the transport's write buffer is above its high-water mark
+        self._reading_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport: asyncio.Transport = transport  # type: ignore[assignment]
@@ -243,6 +250,28 @@ class _Connection(asyncio.BufferedProtocol):
         self._server._forget(self)
         log.debug("connection from %s closed%s", self._peer, f": {exc}" if exc else "")
 
+    # -- backpressure ----------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        # The peer does not read its replies: stop reading its requests, so
+        # that replies do not pile up in memory.
+        self._writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Read only while the peer takes its replies and calls in flight are under the limit."""
+        pause = self._writing_paused or len(self._tasks) >= self._max_in_flight
+        if pause != self._reading_paused and not self._transport.is_closing():
+            self._reading_paused = pause
+            if pause:
+                self._transport.pause_reading()
+            else:
+                self._transport.resume_reading()
+
     # -- graceful shutdown ---------------------------------------------------------
 
     def shut_down(self) -> None:
@@ -267,8 +296,14 @@ class _Connection(asyncio.BufferedProtocol):
 
     # -- async handlers ------------------------------------------------------------
 
-    def _spawn(self, call: Call) -> None:
-        self._tasks[call] = self._loop.create_task(self._run(call))
+    def _spawn(self, call: Call) -> bool:
+        """Run an async handler's call; True when no more may start (the core holds the next frames)."""
+        tasks = self._tasks
+        tasks[call] = self._loop.create_task(self._run(call))
+        if len(tasks) >= self._max_in_flight:
+            self._update_reading()
+            return True
+        return False
 
     async def _run(self, call: Call) -> None:
         try:
@@ -283,6 +318,16 @@ class _Connection(asyncio.BufferedProtocol):
             self._core.complete(call, result)
         finally:
             del self._tasks[call]
+        if self._reading_paused and not self._writing_paused and not self._transport.is_closing():
+            # A call ended: take up the frames held while at the limit, then read again if still under it.
+            core = self._core
+            data = core.buffer_updated(0)
+            if data:
+                self._transport.write(data)
+            if core.closing:
+                self._transport.close()
+            else:
+                self._update_reading()
         # Replies finished by tasks in one loop iteration leave in one write.
         if not self._flush_scheduled:
             self._flush_scheduled = True
