@@ -4,6 +4,7 @@ _BytesLike = Union[bytes, bytearray, memoryview]
 
 class FrameReader:
     max_frame_size: int
+    frames: int
     def __init__(self, max_frame_size: int = ..., buffer_size: int = ...) -> None: ...
     @property
     def buffered(self) -> int: ...

@@ -47,6 +47,7 @@ cdef class FrameReader:
     cdef Py_ssize_t _end
     cdef Py_ssize_t _initial
     cdef readonly Py_ssize_t max_frame_size
+    cdef readonly unsigned long long frames
 
     def __init__(self, max_frame_size=DEFAULT_MAX_FRAME_SIZE, buffer_size=DEFAULT_BUFFER_SIZE):
         self.max_frame_size = check_max_frame_size(max_frame_size)
@@ -56,6 +57,7 @@ cdef class FrameReader:
         self._set_buffer(PyByteArray_FromStringAndSize(NULL, buffer_size))
         self._start = 0
         self._end = 0
+        self.frames = 0
 
     @property
     def buffered(self):
@@ -105,6 +107,7 @@ cdef class FrameReader:
         if avail - HEADER < size:
             return None
         self._start = start + HEADER + size
+        self.frames += 1
         if size < COPY_BELOW:
             return PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self._buf) + start + HEADER, size)
         return self._view[start + HEADER:self._start]

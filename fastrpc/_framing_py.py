@@ -35,7 +35,7 @@ class FrameReader:
     ``get_buffer`` or ``feed`` call; copy it with ``bytes()`` to keep it.
     """
 
-    __slots__ = ("_buf", "_view", "_start", "_end", "_initial", "max_frame_size")
+    __slots__ = ("_buf", "_view", "_start", "_end", "_initial", "max_frame_size", "frames")
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, buffer_size: int = _DEFAULT_BUFFER_SIZE) -> None:
         self.max_frame_size = check_max_frame_size(max_frame_size)
@@ -46,6 +46,7 @@ class FrameReader:
         self._view = memoryview(self._buf)
         self._start = 0  # first byte not yet handed out
         self._end = 0  # end of the received data
+        self.frames = 0  # frames handed out so far: lets a watchdog see progress without a clock per read
 
     @property
     def buffered(self) -> int:
@@ -93,6 +94,7 @@ class FrameReader:
         if avail - _HEADER < size:
             return None
         self._start = stop = start + _HEADER + size
+        self.frames += 1
         if size < _COPY_BELOW:
             return bytes(self._buf[start + _HEADER:stop])
         return self._view[start + _HEADER:stop]

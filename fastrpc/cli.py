@@ -7,12 +7,12 @@ import importlib
 import logging
 import os
 import sys
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import orjson
 
 from .errors import CallTimeout, ConnectionClosed, RemoteError
-from .limits import DEFAULT_MAX_FRAME_SIZE
+from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
 from .protocol import ABSENT
 from .server import Server, run
 
@@ -40,6 +40,11 @@ def load_server(spec: str) -> Server:
     return server
 
 
+def _server_settings(args: argparse.Namespace) -> Dict[str, Any]:
+    """The Server settings given on the command line (those left out keep the app's own)."""
+    return {name: getattr(args, name) for name in _SERVER_OPTIONS if getattr(args, name) is not None}
+
+
 def _serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         return _serve_workers(args)
@@ -47,10 +52,8 @@ def _serve(args: argparse.Namespace) -> int:
         server = load_server(args.app)
     else:
         from .demo import server
-    if args.max_frame_size is not None:
-        server.max_frame_size = args.max_frame_size
-    if args.shutdown_grace is not None:
-        server.shutdown_grace = args.shutdown_grace
+    for name, value in _server_settings(args).items():
+        setattr(server, name, value)
     run(server, args.host, args.port, loop=args.loop, reuse_port=args.reuse_port)
     return 0
 
@@ -62,17 +65,16 @@ def _serve_workers(args: argparse.Namespace) -> int:
         server = load_server(args.app)  # fail here, once, rather than in every worker
     else:
         from .demo import server
-    grace = server.shutdown_grace if args.shutdown_grace is None else args.shutdown_grace
+    settings = _server_settings(args)
+    grace = settings.get("shutdown_grace", server.shutdown_grace)
     reserved = reserve_port(args.host, args.port)
     port = reserved.getsockname()[1]
     command = [sys.executable, "-m", "fastrpc", "serve", "--host", args.host, "--port", str(port),
                "--loop", args.loop, "--reuse-port", "--log-level", args.log_level]
     if args.app:
         command.insert(4, args.app)
-    if args.max_frame_size is not None:
-        command += ["--max-frame-size", str(args.max_frame_size)]
-    if args.shutdown_grace is not None:
-        command += ["--shutdown-grace", str(args.shutdown_grace)]
+    for name, value in settings.items():
+        command += ["--" + name.replace("_", "-"), str(value)]
     logging.getLogger("fastrpc.workers").info("fastrpc serving on %s:%s with %d workers", args.host, port, args.workers)
     try:
         return Supervisor(command, args.workers, shutdown_grace=grace).run()
@@ -156,10 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto")
-    serve.add_argument("--max-frame-size", type=int, default=None, metavar="BYTES",
-                       help=f"largest frame body accepted (default {DEFAULT_MAX_FRAME_SIZE})")
-    serve.add_argument("--shutdown-grace", type=_non_negative_float, default=None, metavar="S",
-                       help="on SIGTERM/SIGINT, seconds running calls get to finish before they are cancelled (default 30)")
+    for name, (kind, metavar, text) in _SERVER_OPTIONS.items():
+        serve.add_argument("--" + name.replace("_", "-"), type=kind, default=None, metavar=metavar, help=text)
     serve.add_argument("--log-level", default="INFO", type=str.upper,
                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
     serve.add_argument("--workers", type=_positive_int, default=1, metavar="N",
@@ -220,11 +220,29 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _frame_size(text: str) -> int:
+    try:
+        return check_max_frame_size(int(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+# Settings of fastrpc.Server that `serve` takes as options: name -> (type, metavar, help).
+_SERVER_OPTIONS: Dict[str, Tuple[Callable[[str], Any], str, str]] = {
+    "max_frame_size": (_frame_size, "BYTES", f"largest frame body accepted (default {DEFAULT_MAX_FRAME_SIZE})"),
+    "max_in_flight": (_positive_int, "N", "calls running per connection before it is read no more (default 1024)"),
+    "max_connections": (_positive_int, "N", "connections served at once; more are refused as busy (default: no limit)"),
+    "idle_timeout": (_positive_float, "S", "close connections idle this long (default: never)"),
+    "frame_timeout": (_positive_float, "S", "cut off a client taking longer than this to send one frame (default 60)"),
+    "shutdown_grace": (_non_negative_float, "S", "on SIGTERM/SIGINT, seconds running calls get to finish (default 30)"),
+}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

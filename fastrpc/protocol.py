@@ -14,7 +14,7 @@ import inspect
 import itertools
 import traceback
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
 import orjson
 
@@ -178,6 +178,12 @@ class ServerConnection:
         self._raw_reply = b""
         self._fresh = True  # nothing received yet: a text probe is possible
         self.closing = False
+
+    @property
+    def progress(self) -> Tuple[int, int]:
+        """(frames received, bytes buffered): the same on two looks means nothing arrived in between."""
+        reader = self._reader
+        return reader.frames, reader.buffered
 
     def refuse_calls(self) -> None:
         """Answer every call from now on with the shutting-down error (the

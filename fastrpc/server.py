@@ -12,9 +12,10 @@ import signal
 import socket
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple, TypeVar, Union, overload
 
-from .errors import ShuttingDown
+from .errors import ErrorCode, ShuttingDown
+from .framing import pack_frames
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
-from .protocol import Call, Method, ServerConnection
+from .protocol import Call, Method, ServerConnection, encode_error
 
 __all__ = ["Server", "run", "new_event_loop"]
 
@@ -49,13 +50,24 @@ class Server:
         *,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         max_in_flight: int = 1024,
+        max_connections: Optional[int] = None,
+        idle_timeout: Optional[float] = None,
+        frame_timeout: Optional[float] = 60.0,
         shutdown_grace: float = 30.0,
         debug: bool = False,
     ) -> None:
         self.max_frame_size = check_max_frame_size(max_frame_size)
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight!r}")
+        if max_connections is not None and max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1 (or None: no limit), got {max_connections!r}")
+        for name, value in (("idle_timeout", idle_timeout), ("frame_timeout", frame_timeout)):
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be a positive number of seconds (or None: none), got {value!r}")
         self.max_in_flight = max_in_flight
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.frame_timeout = frame_timeout
         if not shutdown_grace >= 0:
             raise ValueError(f"shutdown_grace must be zero or more seconds, got {shutdown_grace!r}")
         self.shutdown_grace = shutdown_grace
@@ -66,6 +78,7 @@ class Server:
         self._closing = False
         self._all_closed: Optional[asyncio.Event] = None  # set once closing and no connection is left
         self._grace_timer: Optional[asyncio.TimerHandle] = None
+        self._watchdog: Optional[asyncio.TimerHandle] = None
 
     @overload
     def method(self, func: F) -> F: ...
@@ -115,6 +128,17 @@ class Server:
         )
         for address in self.addresses:
             log.info("fastrpc listening on %s:%s", address[0], address[1])
+        self._watch()
+
+    def _watch(self) -> None:
+        """Every quarter of the shortest timeout, let each connection check its clocks."""
+        timeouts = [t for t in (self.idle_timeout, self.frame_timeout) if t is not None]
+        if not timeouts or (self._closing and not self._connections):
+            return
+        now = asyncio.get_running_loop().time()
+        for connection in list(self._connections):
+            connection.watch(now)
+        self._watchdog = asyncio.get_running_loop().call_later(min(timeouts) / 4, self._watch)
 
     async def serve(self, host: str = "127.0.0.1", port: int = 8080, **kwargs: Any) -> None:
         """Start, then serve until ``close()`` is called."""
@@ -175,8 +199,9 @@ class Server:
         if not self._connections:
             if self._all_closed is not None:
                 self._all_closed.set()
-            if self._grace_timer is not None:
-                self._grace_timer.cancel()
+            for timer in (self._grace_timer, self._watchdog):
+                if timer is not None:
+                    timer.cancel()
 
     async def wait_closed(self) -> None:
         """Wait until ``close()`` was called and has finished: every reply sent, every connection closed."""
@@ -209,6 +234,11 @@ class _Connection(asyncio.BufferedProtocol):
         self._max_in_flight = server.max_in_flight
         self._writing_paused = False  # the transport's write buffer is above its high-water mark
         self._reading_paused = False
+        # What watch() saw last: progress (frames, bytes buffered) and since when.
+        self._frame_mark: Optional[int] = None
+        self._frame_since = 0.0
+        self._idle_mark: Optional[Tuple[int, int]] = None
+        self._idle_since = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport: asyncio.Transport = transport  # type: ignore[assignment]
@@ -217,6 +247,11 @@ class _Connection(asyncio.BufferedProtocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._peer = transport.get_extra_info("peername")
+        limit = self._server.max_connections
+        if limit is not None and len(self._server._connections) >= limit:
+            log.warning("refused a connection from %s: at the limit of %d connections", self._peer, limit)
+            self._hang_up(ErrorCode.SERVER_BUSY, f"server busy: it has its maximum of {limit} connections")
+            return
         self._server._connections.add(self)
         log.debug("connection from %s opened", self._peer)
         if self._server.closing:
@@ -249,6 +284,36 @@ class _Connection(asyncio.BufferedProtocol):
             task.cancel()
         self._server._forget(self)
         log.debug("connection from %s closed%s", self._peer, f": {exc}" if exc else "")
+
+    def _hang_up(self, code: int, message: str) -> None:
+        """Send one error frame, then close."""
+        self._transport.write(pack_frames([encode_error(code, message)]))
+        self._transport.close()
+
+    # -- timeouts ----------------------------------------------------------------------
+
+    def watch(self, now: float) -> None:
+        """Called by the server's watchdog: cut off a frame that arrives too slowly, close an idle connection."""
+        if self._transport.is_closing():
+            return
+        server = self._server
+        frames, buffered = progress = self._core.progress
+        if server.frame_timeout is not None and buffered and not self._reading_paused:
+            # Part of a frame is here and no frame completed since the last look.
+            if self._frame_mark != frames:
+                self._frame_mark, self._frame_since = frames, now
+            elif now - self._frame_since >= server.frame_timeout:
+                log.info("connection from %s: a frame took over %g s to arrive; closing", self._peer, server.frame_timeout)
+                self._hang_up(ErrorCode.TIMEOUT, f"timeout: a frame took more than {server.frame_timeout:g} s to arrive")
+                return
+        else:
+            self._frame_mark = None
+        if server.idle_timeout is not None:
+            if self._tasks or progress != self._idle_mark or self._transport.get_write_buffer_size():
+                self._idle_mark, self._idle_since = progress, now
+            elif now - self._idle_since >= server.idle_timeout:
+                log.debug("connection from %s idle for %g s; closing", self._peer, server.idle_timeout)
+                self._transport.close()
 
     # -- backpressure ----------------------------------------------------------------
 

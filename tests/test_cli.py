@@ -14,7 +14,7 @@ from typing import Iterator, List, Set
 
 import pytest
 
-from .conftest import free_port, serve
+from .conftest import frame, free_port, serve
 
 
 def call(port: int, body: bytes) -> bytes:
@@ -52,6 +52,24 @@ def test_serve_app_from_module(tmp_path: Path) -> None:
     for proc in serve(["myapp:app", "--port", str(port)], tmp_path):
         assert json.loads(call(port, b'{"in": "hello", "params": "you", "id": 1}'))["result"] == "hello you"
         assert json.loads(call(port, b'{"in": "add", "params": [1, 2], "id": 1}'))["error"]["code"] == -32601
+
+
+def test_serve_limit_options(tmp_path: Path) -> None:
+    port = free_port()
+    for proc in serve(["--port", str(port), "--max-connections", "1", "--idle-timeout", "0.5"], tmp_path):
+        time.sleep(0.3)  # the probe connection of serve() is gone
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as first:
+            first.sendall(frame(b'{"in": "ping", "params": 1}'))
+            assert first.recv(100) == frame(b'{"out": "pong", "result": 1}')  # served, so counted
+            refused = json.loads(call(port, b'{"in": "ping", "id": 1}'))
+            assert refused["error"]["code"] == -32001
+            first.settimeout(5)
+            started = time.monotonic()
+            assert first.recv(1) == b""  # closed for idleness
+            assert 0.3 < time.monotonic() - started < 4
+        out = subprocess.run([sys.executable, "-m", "fastrpc", "serve", "--frame-timeout", "0"],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 2 and "must be a positive number" in out.stderr
 
 
 @pytest.mark.parametrize("app, message", [("nomodule:app", "cannot import"), ("os:path", "is not a fastrpc.Server"),

@@ -45,9 +45,10 @@ def test_implementation_names_match_env() -> None:
 def test_splits_frames_fed_at_once(impl: Any) -> None:
     reader = impl.FrameReader()
     bodies = [b"{}", b'{"in":"ping"}', b"", b"x" * 5000]
+    assert reader.frames == 0
     reader.feed(b"".join(frame(b) for b in bodies))
     assert drain(reader) == bodies
-    assert reader.buffered == 0
+    assert reader.buffered == 0 and reader.frames == 4  # the count a watchdog reads progress from
 
 
 def test_frames_split_one_byte_at_a_time(impl: Any) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 import fastrpc
 
-from .conftest import frame, free_port, serving, wait_listening
+from .conftest import RawConnection, demo_server, frame, free_port, serving, wait_listening
 
 
 def tracking_server(**kwargs: Any) -> "tuple[fastrpc.Server, Dict[str, int]]":
@@ -57,9 +57,87 @@ def test_in_flight_limit_pauses_reading(run: Any) -> None:
     run(main())
 
 
-def test_bad_in_flight_limit() -> None:
-    with pytest.raises(ValueError, match="max_in_flight"):
-        fastrpc.Server(max_in_flight=0)
+@pytest.mark.parametrize("kwargs, match", [
+    ({"max_in_flight": 0}, "max_in_flight"), ({"max_connections": 0}, "max_connections"),
+    ({"idle_timeout": 0}, "idle_timeout"), ({"frame_timeout": -1}, "frame_timeout"),
+])
+def test_bad_limits(kwargs: Dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        fastrpc.Server(**kwargs)
+
+
+def test_max_connections(run: Any) -> None:
+    async def main() -> None:
+        async with serving(demo_server(max_connections=2)) as port:
+            first, second = [await fastrpc.connect("127.0.0.1", port) for _ in range(2)]
+            third = await RawConnection.open(port)
+            reply = orjson.loads(await asyncio.wait_for(third.read_frame(), 5))
+            assert reply["error"]["code"] == -32001 and "maximum of 2 connections" in reply["error"]["message"]
+            assert await third.at_eof()
+            assert await first.call("add", [1, 2]) == 3 and await second.call("ping") is None  # still served
+            await first.close()
+            await asyncio.sleep(0.1)
+            fourth = await fastrpc.connect("127.0.0.1", port)  # a place is free again
+            assert await fourth.call("ping", 4) == 4
+            for client in (second, fourth):
+                await client.close()
+            await third.close()
+
+    run(main())
+
+
+def test_idle_connections_are_closed(run: Any) -> None:
+    async def main() -> None:
+        async with serving(demo_server(idle_timeout=0.3)) as port:
+            idle = await RawConnection.open(port)
+            busy = await fastrpc.connect("127.0.0.1", port)
+            sleeping = asyncio.ensure_future(busy.call("sleep", 0.8))  # in flight: not idle
+            chatty = await fastrpc.connect("127.0.0.1", port)
+            started = time.monotonic()
+            for _ in range(8):  # keeps talking: never idle for 0.3 s
+                assert await chatty.call("ping") is None
+                await asyncio.sleep(0.1)
+            assert await asyncio.wait_for(idle.at_eof(), 5)
+            assert 0.3 <= time.monotonic() - started  # not before its time
+            assert await sleeping == 0.8 and await chatty.call("ping", 1) == 1
+            await asyncio.sleep(0.6)  # now both are idle
+            with pytest.raises(fastrpc.ConnectionClosed):
+                await busy.call("ping")
+            for client in (busy, chatty):
+                await client.close()
+            await idle.close()
+
+    run(main())
+
+
+def test_slow_frames_are_cut_off(run: Any) -> None:
+    async def main() -> None:
+        async with serving(demo_server(frame_timeout=0.3)) as port:
+            slow = await RawConnection.open(port)
+            data = frame(b'{"in": "echo", "params": "' + b"x" * 100 + b'", "id": 1}')
+
+            async def trickle() -> None:  # the header and a little, then a byte every 50 ms
+                await slow.send(data[:20])
+                for i in range(20, len(data) - 1):
+                    await asyncio.sleep(0.05)
+                    slow.writer.write(data[i:i + 1])
+
+            sending = asyncio.ensure_future(trickle())
+            started = time.monotonic()
+            reply = orjson.loads(await asyncio.wait_for(slow.read_frame(), 5))
+            assert time.monotonic() - started >= 0.3
+            assert reply["error"]["code"] == -32003 and "took more than 0.3 s" in reply["error"]["message"]
+            assert await slow.at_eof()
+            sending.cancel()
+            # A client sending whole frames, however far apart, is not a slow sender.
+            patient = await fastrpc.connect("127.0.0.1", port)
+            for _ in range(4):
+                assert await patient.call("echo", "x") == "x"
+                await asyncio.sleep(0.2)
+            await patient.close()
+            await slow.close()
+
+    run(main())
 
 
 def rss_bytes(pid: int) -> int:
