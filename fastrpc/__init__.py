@@ -20,6 +20,7 @@ from .errors import (
     ShuttingDown,
 )
 from .limits import DEFAULT_MAX_FRAME_SIZE
+from .middleware import CallInfo, Middleware
 from .server import Server, run
 from .sync_client import SyncClient
 
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
+    "CallInfo",
     "CallTimeout",
     "Client",
     "ConnectionClosed",
@@ -38,6 +40,7 @@ __all__ = [
     "InvalidParams",
     "InvalidRequest",
     "MethodNotFound",
+    "Middleware",
     "ParseError",
     "ProtocolError",
     "RemoteError",

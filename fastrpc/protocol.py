@@ -185,6 +185,10 @@ class ServerConnection:
         reader = self._reader
         return reader.frames, reader.buffered
 
+    def use_methods(self, methods: Any) -> None:
+        """Look methods up in ``methods`` (a mapping of names to Method) from now on."""
+        self._methods = methods
+
     def refuse_calls(self) -> None:
         """Answer every call from now on with the shutting-down error (the
         server is stopping); calls already running are not affected."""

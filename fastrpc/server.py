@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple, TypeVar, Uni
 from .errors import ErrorCode, ShuttingDown
 from .framing import pack_frames
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
+from .middleware import HookedMethods, Middleware
 from .protocol import Call, Method, ServerConnection, encode_error
 
 __all__ = ["Server", "run", "new_event_loop"]
@@ -73,6 +74,7 @@ class Server:
         self.shutdown_grace = shutdown_grace
         self.debug = debug
         self.methods: Dict[str, Method] = {"ping": Method("ping", _ping, out="pong", raw_params=True)}
+        self.middleware: List[Middleware] = []
         self._server: Optional[asyncio.AbstractServer] = None
         self._connections: Set[_Connection] = set()
         self._closing = False
@@ -115,6 +117,12 @@ class Server:
             return handler
 
         return register if func is None else register(func)
+
+    def use(self, middleware: Middleware) -> None:
+        """Run ``middleware`` around every call of connections opened from now on (in the order added)."""
+        if not isinstance(middleware, Middleware):
+            raise TypeError(f"middleware must be a fastrpc.Middleware, got {type(middleware).__name__}")
+        self.middleware.append(middleware)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -253,6 +261,8 @@ class _Connection(asyncio.BufferedProtocol):
             self._hang_up(ErrorCode.SERVER_BUSY, f"server busy: it has its maximum of {limit} connections")
             return
         self._server._connections.add(self)
+        if self._server.middleware:
+            self._core.use_methods(HookedMethods(self._server.methods, self._server.middleware, self._peer))
         log.debug("connection from %s opened", self._peer)
         if self._server.closing:
             self.shut_down()

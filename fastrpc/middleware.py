@@ -1,0 +1,125 @@
+"""Middleware: code that runs around every call, for logging, metrics and authorization.
+
+    class Audit(fastrpc.Middleware):
+        def before(self, call):
+            if call.method == "drop_tables" and call.peer[0] != "127.0.0.1":
+                raise fastrpc.RemoteError("not allowed here", code=-32010)
+
+        def after(self, call, result, elapsed):
+            metrics.observe(call.method, elapsed)
+
+    server.use(Audit())
+
+A server with no middleware looks its methods up in its plain registry, so
+the per-call path is exactly what it is without this module. With some, each
+connection looks them up in a ``HookedMethods`` view that wraps a handler,
+once per method and connection, in the hooks.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+from .protocol import Method
+
+__all__ = ["CallInfo", "Middleware", "HookedMethods"]
+
+
+class CallInfo:
+    """What middleware is told about a call."""
+
+    __slots__ = ("method", "params", "peer")
+
+    def __init__(self, method: str, params: Any, peer: Optional[Tuple[Any, ...]]) -> None:
+        self.method = method  # the name it was called by
+        self.params = params  # a list (positional), a dict (keywords), or the one raw value of a raw_params method
+        self.peer = peer  # the client's address, as the socket reports it
+
+    def __repr__(self) -> str:
+        return f"CallInfo(method={self.method!r}, params={self.params!r}, peer={self.peer!r})"
+
+
+class Middleware:
+    """Subclass and override what you need. ``before`` may raise (a ``RemoteError``
+    to choose the error the client gets) to refuse the call; exceptions from
+    ``after`` and ``on_error`` fail the call as an internal error would."""
+
+    def before(self, call: CallInfo) -> None:
+        """Runs before the handler."""
+
+    def after(self, call: CallInfo, result: Any, elapsed: float) -> None:
+        """Runs after the handler returned ``result``; ``elapsed`` in seconds."""
+
+    def on_error(self, call: CallInfo, exc: BaseException, elapsed: float) -> None:
+        """Runs after the handler (or a ``before``) raised ``exc``."""
+
+
+class HookedMethods:
+    """A connection's view of the registry in which every handler runs inside the middleware."""
+
+    __slots__ = ("_methods", "_middleware", "_peer", "_wrapped")
+
+    def __init__(self, methods: Mapping[str, Method], middleware: Sequence[Middleware], peer: Optional[Tuple[Any, ...]]) -> None:
+        self._methods = methods
+        self._middleware = tuple(middleware)
+        self._peer = peer
+        self._wrapped: Dict[str, Method] = {}
+
+    def __getitem__(self, name: str) -> Method:
+        method = self._wrapped.get(name)
+        if method is None:
+            method = self._wrapped[name] = self._wrap(self._methods[name])
+        return method
+
+    def _wrap(self, method: Method) -> Method:
+        func, middleware, peer, name, raw = method.func, self._middleware, self._peer, method.name, method.raw_params
+
+        def info(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> CallInfo:
+            params: Any = kwargs if kwargs else (args[0] if raw else list(args))
+            return CallInfo(name, params, peer)
+
+        def before(call: CallInfo) -> float:
+            for hook in middleware:
+                hook.before(call)
+            return time.perf_counter()
+
+        def failed(call: CallInfo, exc: BaseException, started: float) -> None:
+            elapsed = time.perf_counter() - started
+            for hook in middleware:
+                hook.on_error(call, exc, elapsed)
+
+        def succeeded(call: CallInfo, result: Any, started: float) -> None:
+            elapsed = time.perf_counter() - started
+            for hook in middleware:
+                hook.after(call, result, elapsed)
+
+        if method.is_async:
+            @functools.wraps(func)  # keeps the signature: bad params are still reported as such
+            async def hooked(*args: Any, **kwargs: Any) -> Any:
+                call = info(args, kwargs)
+                started = time.perf_counter()
+                try:
+                    started = before(call)
+                    result = await func(*args, **kwargs)
+                except Exception as exc:
+                    failed(call, exc, started)
+                    raise
+                succeeded(call, result, started)
+                return result
+        else:
+            @functools.wraps(func)
+            def hooked(*args: Any, **kwargs: Any) -> Any:
+                call = info(args, kwargs)
+                started = time.perf_counter()
+                try:
+                    started = before(call)
+                    result = func(*args, **kwargs)
+                except Exception as exc:
+                    failed(call, exc, started)
+                    raise
+                succeeded(call, result, started)
+                return result
+
+        return Method(method.name, hooked, method.out, raw)
