@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import os
+import ssl
 import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -54,8 +55,22 @@ def _serve(args: argparse.Namespace) -> int:
         from .demo import server
     for name, value in _server_settings(args).items():
         setattr(server, name, value)
-    run(server, args.host, args.port, loop=args.loop, reuse_port=args.reuse_port)
+    run(server, args.host, args.port, loop=args.loop, reuse_port=args.reuse_port, ssl=_tls(args))
     return 0
+
+
+def _tls(args: argparse.Namespace) -> Optional["ssl.SSLContext"]:
+    """The server's TLS context from --tls-cert/--tls-key/--tls-ca, or None."""
+    if args.tls_cert is None:
+        if args.tls_key is not None or args.tls_ca is not None:
+            raise SystemExit("fastrpc: --tls-key and --tls-ca need --tls-cert")
+        return None
+    from .tls import server_context
+
+    try:
+        return server_context(args.tls_cert, args.tls_key, ca=args.tls_ca)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise SystemExit(f"fastrpc: cannot load the TLS certificate: {exc}") from None
 
 
 def _serve_workers(args: argparse.Namespace) -> int:
@@ -75,6 +90,10 @@ def _serve_workers(args: argparse.Namespace) -> int:
         command.insert(4, args.app)
     for name, value in settings.items():
         command += ["--" + name.replace("_", "-"), str(value)]
+    _tls(args)  # fail here, once, on a bad certificate
+    for flag in ("tls_cert", "tls_key", "tls_ca"):
+        if getattr(args, flag) is not None:
+            command += ["--" + flag.replace("_", "-"), getattr(args, flag)]
     logging.getLogger("fastrpc.workers").info("fastrpc serving on %s:%s with %d workers", args.host, port, args.workers)
     try:
         return Supervisor(command, args.workers, shutdown_grace=grace).run()
@@ -160,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto")
     for name, (kind, metavar, text) in _SERVER_OPTIONS.items():
         serve.add_argument("--" + name.replace("_", "-"), type=kind, default=None, metavar=metavar, help=text)
+    serve.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate (chain)")
+    serve.add_argument("--tls-key", metavar="PEM", help="its private key, unless the --tls-cert file holds it")
+    serve.add_argument("--tls-ca", metavar="PEM", help="require client certificates signed by this CA (mutual TLS)")
     serve.add_argument("--log-level", default="INFO", type=str.upper,
                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
     serve.add_argument("--workers", type=_positive_int, default=1, metavar="N",

@@ -8,6 +8,7 @@ resolves futures.
 from __future__ import annotations
 
 import asyncio
+from ssl import SSLContext
 import socket
 from typing import Any, Generator, Optional
 
@@ -145,16 +146,20 @@ async def _open(
     max_frame_size: int,
     timeout: Optional[float],
     connect_timeout: Optional[float],
+    ssl: Optional[SSLContext],
+    server_hostname: Optional[str],
 ) -> Client:
     loop = asyncio.get_running_loop()
     core = ClientConnection(_deliver, ids=ids, max_frame_size=check_max_frame_size(max_frame_size))
     try:
         _, protocol = await asyncio.wait_for(
-            loop.create_connection(lambda: _ClientProtocol(core, loop), host, port), connect_timeout
+            loop.create_connection(lambda: _ClientProtocol(core, loop), host, port, ssl=ssl,
+                                   server_hostname=server_hostname if ssl is not None else None),
+            connect_timeout,
         )
     except asyncio.TimeoutError:
         raise ConnectionClosed(f"could not connect to {host}:{port} within {connect_timeout} s") from None
-    except OSError as exc:
+    except OSError as exc:  # ssl.SSLError too: a failed handshake
         raise ConnectionClosed(f"could not connect to {host}:{port}: {exc.strerror or exc}") from exc
     return Client(protocol, timeout)
 
@@ -164,6 +169,9 @@ class connect:
 
     ``ids=False`` selects the ordered mode for servers that answer without
     ids, in request order. ``timeout`` is the default per-call timeout.
+    ``ssl`` (an ``ssl.SSLContext``, e.g. from ``fastrpc.tls.client_context``)
+    makes it a TLS connection; ``server_hostname`` overrides the name the
+    server's certificate is checked against (default: ``host``).
     """
 
     def __init__(
@@ -175,8 +183,11 @@ class connect:
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         timeout: Optional[float] = None,
         connect_timeout: Optional[float] = 10.0,
+        ssl: Optional[SSLContext] = None,
+        server_hostname: Optional[str] = None,
     ) -> None:
-        self._coro = _open(host, port, ids=ids, max_frame_size=max_frame_size, timeout=timeout, connect_timeout=connect_timeout)
+        self._coro = _open(host, port, ids=ids, max_frame_size=max_frame_size, timeout=timeout,
+                           connect_timeout=connect_timeout, ssl=ssl, server_hostname=server_hostname)
         self._client: Optional[Client] = None
 
     def __await__(self) -> Generator[Any, None, Client]:

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 import socket
+from ssl import SSLContext
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple, TypeVar, Union, overload
 
 from .errors import ErrorCode, ShuttingDown
@@ -126,16 +127,29 @@ class Server:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 8080, *, reuse_port: bool = False, backlog: int = 1024) -> None:
-        """Bind and start accepting connections; returns once listening."""
+    async def start(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        *,
+        ssl: Optional[SSLContext] = None,
+        reuse_port: bool = False,
+        backlog: int = 1024,
+    ) -> None:
+        """Bind and start accepting connections; returns once listening.
+
+        ``ssl`` (an ``ssl.SSLContext``, e.g. from ``fastrpc.tls.server_context``)
+        serves TLS only; a context that requires client certificates makes it
+        mutual TLS.
+        """
         if self._server is not None:
             raise RuntimeError("server is already started")
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Connection(self), host, port, reuse_port=reuse_port or None, backlog=backlog
+            lambda: _Connection(self), host, port, ssl=ssl, reuse_port=reuse_port or None, backlog=backlog
         )
         for address in self.addresses:
-            log.info("fastrpc listening on %s:%s", address[0], address[1])
+            log.info("fastrpc listening on %s:%s%s", address[0], address[1], " (TLS)" if ssl is not None else "")
         self._watch()
 
     def _watch(self) -> None:

@@ -43,7 +43,8 @@ def test_exports() -> None:
         assert hasattr(fastrpc, name), name
     assert isinstance(fastrpc.__version__, str)
     public = {name for name in dir(fastrpc) if not name.startswith("_")}
-    modules = {"client", "sync_client", "loadgen", "demo", "errors", "framing", "limits", "protocol", "server", "cli", "middleware"}
+    modules = {"client", "sync_client", "loadgen", "demo", "errors", "framing", "limits", "protocol", "server", "cli",
+               "middleware", "tls"}
     assert public - modules - {"annotations"} <= set(fastrpc.__all__)
 
 

@@ -1,0 +1,129 @@
+"""TLS and mutual TLS, with certificates made at test time (trustme): none is committed."""
+
+from __future__ import annotations
+
+import signal
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import trustme
+
+import fastrpc
+from fastrpc.tls import client_context, server_context
+
+from .conftest import demo_server, free_port, serve, serving
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def files(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """PEM files: the CA, the server's certificate and key, a client's certificate and key."""
+    folder = tmp_path_factory.mktemp("tls")
+    server_cert, client_cert = ca.issue_cert("127.0.0.1", "localhost"), ca.issue_cert("client@example.test")
+    paths = {name: str(folder / f"{name}.pem") for name in ("ca", "cert", "key", "client_cert", "client_key")}
+    ca.cert_pem.write_to_path(paths["ca"])
+    server_cert.cert_chain_pems[0].write_to_path(paths["cert"])
+    server_cert.private_key_pem.write_to_path(paths["key"])
+    client_cert.cert_chain_pems[0].write_to_path(paths["client_cert"])
+    client_cert.private_key_pem.write_to_path(paths["client_key"])
+    yield paths
+
+
+async def start(files: dict, **kwargs: Any) -> fastrpc.Server:
+    server = demo_server()
+    await server.start("127.0.0.1", 0, ssl=server_context(files["cert"], files["key"], **kwargs))
+    return server
+
+
+def test_tls_call(run: Any, files: dict) -> None:
+    async def main() -> None:
+        server = await start(files)
+        try:
+            async with fastrpc.connect("127.0.0.1", server.port, ssl=client_context(files["ca"])) as client:
+                assert await client.call("add", [1, 2]) == 3
+                assert await client.call("echo", "x" * 300_000) == "x" * 300_000  # many TLS records
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main())
+
+
+def test_untrusted_server_is_refused(run: Any, files: dict) -> None:
+    async def main() -> None:
+        server = await start(files)
+        try:
+            with pytest.raises(fastrpc.ConnectionClosed, match="could not connect"):
+                await fastrpc.connect("127.0.0.1", server.port, ssl=client_context())  # system CAs only
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main())
+
+
+def test_mutual_tls(run: Any, files: dict) -> None:
+    async def main() -> None:
+        server = await start(files, ca=files["ca"])
+        try:
+            with_cert = client_context(files["ca"], cert=files["client_cert"], key=files["client_key"])
+            async with fastrpc.connect("127.0.0.1", server.port, ssl=with_cert) as client:
+                assert await client.call("ping", 1) == 1
+            # Without a client certificate the handshake fails, at once or (TLS 1.3) at the first exchange.
+            with pytest.raises(fastrpc.ConnectionClosed):
+                async with fastrpc.connect("127.0.0.1", server.port, ssl=client_context(files["ca"]), timeout=5) as bare:
+                    await bare.call("ping")
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main())
+
+
+def test_plain_client_gets_nothing_from_a_tls_server(run: Any, files: dict) -> None:
+    async def main() -> None:
+        server = await start(files)
+        try:
+            with pytest.raises((fastrpc.ConnectionClosed, fastrpc.CallTimeout)):
+                async with fastrpc.connect("127.0.0.1", server.port, timeout=2) as plain:
+                    await plain.call("ping")
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main())
+
+
+def test_serve_with_tls_options(tmp_path: Path, files: dict) -> None:
+    import asyncio
+
+    port = free_port()
+    args = ["--port", str(port), "--tls-cert", files["cert"], "--tls-key", files["key"], "--tls-ca", files["ca"]]
+    for proc in serve(args, tmp_path):
+        async def main() -> None:
+            context = client_context(files["ca"], cert=files["client_cert"], key=files["client_key"])
+            async with fastrpc.connect("127.0.0.1", port, ssl=context) as client:
+                assert await client.call("add", [2, 3]) == 5
+
+        asyncio.run(main())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert "(TLS)" in proc.stderr.read()
+    out = subprocess.run([sys.executable, "-m", "fastrpc", "serve", "--tls-cert", str(tmp_path / "missing.pem")],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0 and "cannot load the TLS certificate" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "fastrpc", "serve", "--tls-ca", files["ca"]],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0 and "need --tls-cert" in out.stderr
+
+
+def test_contexts() -> None:
+    assert client_context().verify_mode == ssl.CERT_REQUIRED
