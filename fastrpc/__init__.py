@@ -18,6 +18,7 @@ from .errors import (
     RequestTooLarge,
     ServerBusy,
     ShuttingDown,
+    Unauthenticated,
 )
 from .limits import DEFAULT_MAX_FRAME_SIZE
 from .middleware import CallInfo, Middleware
@@ -49,6 +50,7 @@ __all__ = [
     "ServerBusy",
     "ShuttingDown",
     "SyncClient",
+    "Unauthenticated",
     "connect",
     "run",
 ]

@@ -55,8 +55,22 @@ def _serve(args: argparse.Namespace) -> int:
         from .demo import server
     for name, value in _server_settings(args).items():
         setattr(server, name, value)
+    if args.token_file is not None:
+        server.set_tokens(read_tokens(args.token_file))
     run(server, args.host, args.port, loop=args.loop, reuse_port=args.reuse_port, ssl=_tls(args))
     return 0
+
+
+def read_tokens(path: str) -> List[str]:
+    """The tokens in ``path``: one per line, blank lines ignored (a file, so that no token shows in ``ps``)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            tokens = [line.strip() for line in f if line.strip()]
+    except OSError as exc:
+        raise SystemExit(f"fastrpc: cannot read the token file: {exc}") from None
+    if not tokens:
+        raise SystemExit(f"fastrpc: the token file {path} holds no token")
+    return tokens
 
 
 def _tls(args: argparse.Namespace) -> Optional["ssl.SSLContext"]:
@@ -91,7 +105,9 @@ def _serve_workers(args: argparse.Namespace) -> int:
     for name, value in settings.items():
         command += ["--" + name.replace("_", "-"), str(value)]
     _tls(args)  # fail here, once, on a bad certificate
-    for flag in ("tls_cert", "tls_key", "tls_ca"):
+    if args.token_file is not None:
+        read_tokens(args.token_file)
+    for flag in ("tls_cert", "tls_key", "tls_ca", "token_file"):
         if getattr(args, flag) is not None:
             command += ["--" + flag.replace("_", "-"), getattr(args, flag)]
     logging.getLogger("fastrpc.workers").info("fastrpc serving on %s:%s with %d workers", args.host, port, args.workers)
@@ -122,7 +138,8 @@ def _call(args: argparse.Namespace) -> int:
 
     host, port = args.address
     try:
-        with SyncClient(host, port, timeout=args.timeout, connect_timeout=args.timeout) as client:
+        token = read_tokens(args.token_file)[0] if args.token_file is not None else None
+        with SyncClient(host, port, timeout=args.timeout, connect_timeout=args.timeout, token=token) as client:
             result = client.call(args.method, args.params)
     except RemoteError as exc:
         print(f"fastrpc: remote error {exc.code}: {exc.message}", file=sys.stderr)
@@ -182,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate (chain)")
     serve.add_argument("--tls-key", metavar="PEM", help="its private key, unless the --tls-cert file holds it")
     serve.add_argument("--tls-ca", metavar="PEM", help="require client certificates signed by this CA (mutual TLS)")
+    serve.add_argument("--token-file", metavar="PATH",
+                       help="require clients to authenticate with one of the tokens in PATH (one per line)")
     serve.add_argument("--log-level", default="INFO", type=str.upper,
                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
     serve.add_argument("--workers", type=_positive_int, default=1, metavar="N",
@@ -200,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("params", nargs="?", type=parse_json, default=ABSENT, metavar="PARAMS_JSON",
                       help="the params as JSON: a list for positional arguments, an object for keywords")
     call.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds (default 10)")
+    call.add_argument("--token-file", metavar="PATH", help="authenticate with the first token in PATH")
     call.set_defaults(handler=_call, log_level="WARNING")
 
     bench = commands.add_parser(

@@ -8,10 +8,11 @@ resolves futures.
 from __future__ import annotations
 
 import asyncio
-from ssl import SSLContext
 import socket
+from ssl import SSLContext
 from typing import Any, Generator, Optional
 
+from .auth import AUTH_METHOD
 from .errors import CallTimeout, ConnectionClosed, FastRPCError
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
 from .protocol import ABSENT, ClientConnection
@@ -148,6 +149,7 @@ async def _open(
     connect_timeout: Optional[float],
     ssl: Optional[SSLContext],
     server_hostname: Optional[str],
+    token: Optional[str],
 ) -> Client:
     loop = asyncio.get_running_loop()
     core = ClientConnection(_deliver, ids=ids, max_frame_size=check_max_frame_size(max_frame_size))
@@ -161,7 +163,14 @@ async def _open(
         raise ConnectionClosed(f"could not connect to {host}:{port} within {connect_timeout} s") from None
     except OSError as exc:  # ssl.SSLError too: a failed handshake
         raise ConnectionClosed(f"could not connect to {host}:{port}: {exc.strerror or exc}") from exc
-    return Client(protocol, timeout)
+    client = Client(protocol, timeout)
+    if token is not None:
+        try:
+            await client.call(AUTH_METHOD, token, timeout=connect_timeout)
+        except BaseException:
+            await client.close()
+            raise
+    return client
 
 
 class connect:
@@ -171,7 +180,8 @@ class connect:
     ids, in request order. ``timeout`` is the default per-call timeout.
     ``ssl`` (an ``ssl.SSLContext``, e.g. from ``fastrpc.tls.client_context``)
     makes it a TLS connection; ``server_hostname`` overrides the name the
-    server's certificate is checked against (default: ``host``).
+    server's certificate is checked against (default: ``host``). ``token``
+    authenticates the connection first (``fastrpc.Unauthenticated`` if refused).
     """
 
     def __init__(
@@ -185,9 +195,10 @@ class connect:
         connect_timeout: Optional[float] = 10.0,
         ssl: Optional[SSLContext] = None,
         server_hostname: Optional[str] = None,
+        token: Optional[str] = None,
     ) -> None:
         self._coro = _open(host, port, ids=ids, max_frame_size=max_frame_size, timeout=timeout,
-                           connect_timeout=connect_timeout, ssl=ssl, server_hostname=server_hostname)
+                           connect_timeout=connect_timeout, ssl=ssl, server_hostname=server_hostname, token=token)
         self._client: Optional[Client] = None
 
     def __await__(self) -> Generator[Any, None, Client]:

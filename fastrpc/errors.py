@@ -44,6 +44,7 @@ class ErrorCode(enum.IntEnum):
     SERVER_BUSY = -32001
     SHUTTING_DOWN = -32002
     TIMEOUT = -32003
+    UNAUTHENTICATED = -32004
 
 
 class FastRPCError(Exception):
@@ -152,6 +153,12 @@ class DeadlineExceeded(RemoteError):
     code = ErrorCode.TIMEOUT
 
 
+class Unauthenticated(RemoteError):
+    """The server takes calls only after a valid ``auth`` token, and none was given (or it was wrong)."""
+
+    code = ErrorCode.UNAUTHENTICATED
+
+
 _BY_CODE: Dict[int, Type[RemoteError]] = {
     cls.code: cls
     for cls in (
@@ -164,6 +171,7 @@ _BY_CODE: Dict[int, Type[RemoteError]] = {
         ServerBusy,
         ShuttingDown,
         DeadlineExceeded,
+        Unauthenticated,
     )
 }
 

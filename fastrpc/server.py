@@ -11,11 +11,12 @@ import logging
 import signal
 import socket
 from ssl import SSLContext
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple, TypeVar, Union, overload
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Set, Tuple, TypeVar, Union, overload
 
 from .errors import ErrorCode, ShuttingDown
 from .framing import pack_frames
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
+from .auth import TokenGate
 from .middleware import HookedMethods, Middleware
 from .protocol import Call, Method, ServerConnection, encode_error
 
@@ -56,6 +57,7 @@ class Server:
         idle_timeout: Optional[float] = None,
         frame_timeout: Optional[float] = 60.0,
         shutdown_grace: float = 30.0,
+        tokens: Optional[Iterable[str]] = None,
         debug: bool = False,
     ) -> None:
         self.max_frame_size = check_max_frame_size(max_frame_size)
@@ -66,6 +68,9 @@ class Server:
         for name, value in (("idle_timeout", idle_timeout), ("frame_timeout", frame_timeout)):
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be a positive number of seconds (or None: none), got {value!r}")
+        self.tokens: FrozenSet[bytes] = frozenset()
+        if tokens is not None:
+            self.set_tokens(tokens)
         self.max_in_flight = max_in_flight
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
@@ -118,6 +123,14 @@ class Server:
             return handler
 
         return register if func is None else register(func)
+
+    def set_tokens(self, tokens: Iterable[str]) -> None:
+        """Require connections opened from now on to call ``auth`` with one of ``tokens`` first
+        (an empty collection turns authentication off)."""
+        tokens = list(tokens)
+        if not all(isinstance(token, str) and token for token in tokens):
+            raise ValueError("tokens must be non-empty strings")
+        self.tokens = frozenset(token.encode() for token in tokens)
 
     def use(self, middleware: Middleware) -> None:
         """Run ``middleware`` around every call of connections opened from now on (in the order added)."""
@@ -274,9 +287,16 @@ class _Connection(asyncio.BufferedProtocol):
             log.warning("refused a connection from %s: at the limit of %d connections", self._peer, limit)
             self._hang_up(ErrorCode.SERVER_BUSY, f"server busy: it has its maximum of {limit} connections")
             return
-        self._server._connections.add(self)
-        if self._server.middleware:
-            self._core.use_methods(HookedMethods(self._server.methods, self._server.middleware, self._peer))
+        server = self._server
+        server._connections.add(self)
+        core = self._core
+        methods: Mapping[str, Method] = server.methods
+        if server.middleware:
+            methods = HookedMethods(methods, server.middleware, self._peer)
+        if server.tokens:
+            core.use_methods(TokenGate(server.tokens, methods, core.use_methods, self._auth_failed))
+        elif methods is not server.methods:
+            core.use_methods(methods)
         log.debug("connection from %s opened", self._peer)
         if self._server.closing:
             self.shut_down()
@@ -308,6 +328,10 @@ class _Connection(asyncio.BufferedProtocol):
             task.cancel()
         self._server._forget(self)
         log.debug("connection from %s closed%s", self._peer, f": {exc}" if exc else "")
+
+    def _auth_failed(self) -> None:
+        log.warning("connection from %s failed to authenticate; closing", self._peer)
+        self._loop.call_soon(self._transport.close)  # after the refusal is written
 
     def _hang_up(self, code: int, message: str) -> None:
         """Send one error frame, then close."""

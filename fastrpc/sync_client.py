@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Any, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
+from .auth import AUTH_METHOD
 from .errors import CallTimeout, ConnectionClosed, FastRPCError, FrameTooLarge
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
 from .protocol import ABSENT, ClientConnection
@@ -77,6 +78,7 @@ class SyncClient:
         connect_timeout: Optional[float] = 10.0,
         ids: bool = True,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        token: Optional[str] = None,
     ) -> None:
         self.timeout = timeout
         self._core = ClientConnection(_deliver, ids=ids, max_frame_size=check_max_frame_size(max_frame_size))
@@ -95,6 +97,12 @@ class SyncClient:
         self._reading = False  # a thread is reading for everyone
         self._waiting: Set[_Batch] = set()  # batches whose threads sleep while another reads
         self._closed: Optional[str] = None  # why the connection is unusable
+        if token is not None:
+            try:
+                self.call(AUTH_METHOD, token, timeout=connect_timeout)
+            except BaseException:
+                self.close()
+                raise
 
     @property
     def closed(self) -> bool:

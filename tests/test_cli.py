@@ -121,6 +121,20 @@ def test_call_bad_address_is_a_usage_error(address: str) -> None:
     assert out.returncode == 2 and "HOST:PORT" in out.stderr
 
 
+def test_serve_and_call_with_a_token_file(tmp_path: Path) -> None:
+    (tmp_path / "tokens").write_text("first-token\n\nsecond-token\n")
+    (tmp_path / "mine").write_text("second-token\n")
+    (tmp_path / "bad").write_text("guess\n")
+    port = free_port()
+    for _ in serve(["--port", str(port), "--token-file", str(tmp_path / "tokens")], tmp_path):
+        out = fastrpc_call(f"127.0.0.1:{port}", "add", "[1, 2]", "--token-file", str(tmp_path / "mine"))
+        assert (out.returncode, out.stdout) == (0, "3\n")
+        out = fastrpc_call(f"127.0.0.1:{port}", "add", "[1, 2]", "--token-file", str(tmp_path / "bad"))
+        assert out.returncode == 1 and "-32004" in out.stderr and "guess" not in out.stderr
+        out = fastrpc_call(f"127.0.0.1:{port}", "add", "[1, 2]")
+        assert out.returncode == 1 and "authentication required" in out.stderr
+
+
 def test_call_connection_refused() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused

@@ -44,7 +44,7 @@ def test_exports() -> None:
     assert isinstance(fastrpc.__version__, str)
     public = {name for name in dir(fastrpc) if not name.startswith("_")}
     modules = {"client", "sync_client", "loadgen", "demo", "errors", "framing", "limits", "protocol", "server", "cli",
-               "middleware", "tls"}
+               "middleware", "tls", "auth"}
     assert public - modules - {"annotations"} <= set(fastrpc.__all__)
 
 
