@@ -22,7 +22,7 @@ from .errors import (
 )
 from .limits import DEFAULT_MAX_FRAME_SIZE
 from .middleware import CallInfo, Middleware
-from .server import Server, run
+from .server import Server, remaining, run
 from .sync_client import SyncClient
 
 __version__ = "0.1.0"
@@ -52,5 +52,6 @@ __all__ = [
     "SyncClient",
     "Unauthenticated",
     "connect",
+    "remaining",
     "run",
 ]

@@ -141,14 +141,14 @@ def _call(args: argparse.Namespace) -> int:
         token = read_tokens(args.token_file)[0] if args.token_file is not None else None
         with SyncClient(host, port, timeout=args.timeout, connect_timeout=args.timeout, token=token) as client:
             result = client.call(args.method, args.params)
+    except CallTimeout as exc:  # first: DeadlineExceeded (the server's timeout) is one too
+        print(f"fastrpc: {exc}", file=sys.stderr)
+        return EXIT_TIMEOUT
     except RemoteError as exc:
         print(f"fastrpc: remote error {exc.code}: {exc.message}", file=sys.stderr)
         if exc.data is not None:
             print(orjson.dumps(exc.data).decode(), file=sys.stderr)
         return EXIT_REMOTE_ERROR
-    except CallTimeout as exc:
-        print(f"fastrpc: {exc}", file=sys.stderr)
-        return EXIT_TIMEOUT
     except ConnectionClosed as exc:
         print(f"fastrpc: {exc}", file=sys.stderr)
         return EXIT_CONNECTION

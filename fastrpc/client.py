@@ -92,29 +92,32 @@ class Client:
 
         ``params`` may be a list (positional arguments), a dict (keyword
         arguments), any other JSON value (one argument), or left out (none).
-        ``timeout`` (seconds; default: the client's) raises CallTimeout; the
-        late reply, if any, is dropped. Remote errors raise the RemoteError
+        ``timeout`` (seconds; default: the client's) is sent along as the
+        call's deadline and raises CallTimeout; the server is then told to
+        stop the call, and a late reply, if any, is dropped. Remote errors raise the RemoteError
         subclass of their code; a lost connection raises ConnectionClosed.
         """
         protocol = self._protocol
         if protocol.closed.done():
             raise ConnectionClosed("connection is closed")
-        future = self._loop.create_future()
-        key = self._core.request(method, params, future)
-        protocol.schedule_flush()
         if timeout is ABSENT:
             timeout = self.timeout
+        future = self._loop.create_future()
+        key = self._core.request(method, params, future, deadline=timeout)
+        protocol.schedule_flush()
         if timeout is None:
             try:
                 return await future
             except asyncio.CancelledError:
-                self._core.forget(key)
+                self._core.forget(key)  # and tell the server to stop it
+                protocol.schedule_flush()
                 raise
         timer = self._loop.call_later(timeout, _expire, future, method, timeout)
         try:
             return await future
         except BaseException:
-            self._core.forget(key)
+            self._core.forget(key)  # a no-op if it was answered; else a cancel frame goes out
+            protocol.schedule_flush()
             raise
         finally:
             timer.cancel()

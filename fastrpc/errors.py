@@ -72,7 +72,7 @@ class ConnectionClosed(FastRPCError, ConnectionError):
 
 
 class CallTimeout(FastRPCError, TimeoutError):
-    """The call did not complete within its timeout on the client side."""
+    """The call did not complete within its timeout (``DeadlineExceeded``: the server said so first)."""
 
 
 class RemoteError(FastRPCError):
@@ -147,8 +147,12 @@ class ShuttingDown(RemoteError):
     code = ErrorCode.SHUTTING_DOWN
 
 
-class DeadlineExceeded(RemoteError):
-    """The server gave up on the call because its deadline passed."""
+class DeadlineExceeded(RemoteError, CallTimeout):
+    """The server gave up on the call because its deadline passed.
+
+    A CallTimeout too: a client's timeout travels as the call's deadline, and
+    whichever side notices first, ``except CallTimeout`` catches it.
+    """
 
     code = ErrorCode.TIMEOUT
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import math
 import traceback
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
@@ -110,12 +111,14 @@ class Call:
     ``ServerConnection.complete`` or ``ServerConnection.fail``.
     """
 
-    __slots__ = ("method", "id", "slot", "coro", "params")
+    __slots__ = ("method", "id", "slot", "coro", "params", "deadline")
 
-    def __init__(self, method: Method, rid: Optional[Id], slot: Optional[List[Optional[bytes]]], coro: Any, params: Any) -> None:
+    def __init__(self, method: Method, rid: Optional[Id], slot: Optional[List[Optional[bytes]]], coro: Any, params: Any,
+                 deadline: Optional[float] = None) -> None:
         self.method = method
         self.id = rid
         self.slot = slot
+        self.deadline = deadline  # seconds the client gives it, or None
         self.coro = coro
         self.params = params
 
@@ -162,11 +165,13 @@ class ServerConnection:
         methods: Dict[str, Method],
         spawn: Callable[[Call], Optional[bool]],
         *,
+        cancel: Optional[Callable[[Id], None]] = None,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         debug: bool = False,
     ) -> None:
         self._methods = methods
         self._spawn = spawn
+        self._cancel = cancel
         self._debug = debug
         self._reader = FrameReader(max_frame_size)
         self.get_buffer = self._reader.get_buffer
@@ -256,11 +261,18 @@ class ServerConnection:
         except Exception as exc:
             return self._reply(rid, self._error_body(method, params, exc, rid))
         if method.is_async:
+            deadline = request.get("deadline")  # only a call that waits can be given up on
+            if deadline is not None:
+                if type(deadline) not in (int, float) or deadline < 0:
+                    result.close()  # never run
+                    return self._reply(rid, encode_error(
+                        ErrorCode.INVALID_REQUEST, "invalid request: 'deadline' must be milliseconds, 0 or more", None, rid))
+                deadline /= 1000
             slot: Optional[List[Optional[bytes]]] = None
             if rid is None:
                 slot = [None]
                 self._slots.append(slot)
-            if self._spawn(Call(method, rid, slot, result, params)):
+            if self._spawn(Call(method, rid, slot, result, params, deadline)):
                 raise _Hold  # at the limit of calls in flight: leave the next frames buffered
         elif rid is None and self._slots:
             self._slots.append([self._result_body(method, result, rid)])
@@ -275,6 +287,10 @@ class ServerConnection:
             return self._reply(None, encode_error(ErrorCode.PARSE_ERROR, f"parse error: {exc}"))
         if type(request) is not dict:
             return self._reply(None, encode_error(ErrorCode.INVALID_REQUEST, "invalid request: a request must be a JSON object"))
+        if "cancel" in request and "in" not in request:
+            if type(request["cancel"]) in (int, str) and self._cancel is not None:
+                self._cancel(request["cancel"])
+            return None  # a cancel frame is never answered
         rid = request.get("id")
         if type(rid) not in _ID_TYPES:
             return self._reply(None, encode_error(ErrorCode.INVALID_REQUEST, "invalid request: 'id' must be an integer or a string"))
@@ -390,8 +406,9 @@ class ClientConnection:
         """Calls sent and not yet answered (or forgotten)."""
         return len(self._pending)
 
-    def request(self, method: str, params: Any, waiter: Any) -> int:
-        """Queue a call; returns its key for ``forget``.
+    def request(self, method: str, params: Any, waiter: Any, deadline: Optional[float] = None) -> int:
+        """Queue a call; returns its key for ``forget``. ``deadline`` (seconds)
+        tells the server when to give up on it.
 
         Raises FrameTooLarge (nothing queued) if the request does not fit
         the maximum frame size.
@@ -402,6 +419,8 @@ class ClientConnection:
             request["params"] = params
         if self.ids:
             request["id"] = key
+        if deadline is not None:
+            request["deadline"] = max(0, math.ceil(deadline * 1000))
         body = _dumps(request)
         if len(body) > self._max_frame_size:
             raise FrameTooLarge(len(body), self._max_frame_size)
@@ -411,9 +430,12 @@ class ClientConnection:
             self._order.append(key)
         return key
 
-    def forget(self, key: int) -> None:
-        """Stop waiting for ``key`` (timed out, cancelled): its late reply is dropped."""
-        self._pending.pop(key, None)
+    def forget(self, key: int, *, cancel: bool = True) -> None:
+        """Stop waiting for ``key`` (timed out, cancelled): its late reply is
+        dropped and, if it was still pending, a cancel frame is queued for the
+        server (with ids; an id-less call cannot be named)."""
+        if self._pending.pop(key, None) is not None and cancel and self.ids:
+            self._out.append(b'{"cancel":%d}' % key)
 
     def data_to_send(self) -> bytes:
         """Every queued request, framed, as one bytes."""

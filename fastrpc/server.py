@@ -7,20 +7,21 @@ moves bytes, runs async handlers as tasks and decides when to write.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import signal
 import socket
 from ssl import SSLContext
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Set, Tuple, TypeVar, Union, overload
 
-from .errors import ErrorCode, ShuttingDown
+from .errors import DeadlineExceeded, ErrorCode, ShuttingDown
 from .framing import pack_frames
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
 from .auth import TokenGate
 from .middleware import HookedMethods, Middleware
 from .protocol import Call, Method, ServerConnection, encode_error
 
-__all__ = ["Server", "run", "new_event_loop"]
+__all__ = ["Server", "run", "new_event_loop", "remaining"]
 
 log = logging.getLogger("fastrpc.server")
 
@@ -257,11 +258,14 @@ class _Connection(asyncio.BufferedProtocol):
 
     def __init__(self, server: Server) -> None:
         self._server = server
-        self._core = core = ServerConnection(server.methods, self._spawn, max_frame_size=server.max_frame_size, debug=server.debug)
+        self._core = core = ServerConnection(server.methods, self._spawn, cancel=self._cancel_by_id,
+                                             max_frame_size=server.max_frame_size, debug=server.debug)
         # The transport looks get_buffer up once, before connection_made:
         # binding the core's own method here spares a Python call per read.
         self.get_buffer = core.get_buffer  # type: ignore[method-assign]
         self._tasks: Dict[Call, asyncio.Task[None]] = {}
+        # Why a call's task was cancelled, when it was not the connection going away.
+        self._stopped: Dict[Call, BaseException] = {}
         self._flush_scheduled = False
         self._eof = False
         self._draining = False  # the server is stopping
@@ -418,19 +422,44 @@ class _Connection(asyncio.BufferedProtocol):
             return True
         return False
 
+    def _expire(self, call: Call) -> None:
+        """The call's deadline passed: stop it and answer with the timeout error."""
+        if call in self._tasks:
+            self._stopped[call] = DeadlineExceeded(f"timed out: the call's deadline of {call.deadline * 1000:g} ms passed")  # type: ignore[operator]
+            self._tasks[call].cancel()
+
+    def _cancel_by_id(self, rid: Any) -> None:
+        """The client sent a cancel frame: stop the call, and send nothing for it."""
+        for call, task in self._tasks.items():
+            if call.id == rid and type(call.id) is type(rid):
+                self._stopped[call] = _NO_REPLY
+                task.cancel()
+                return
+
     async def _run(self, call: Call) -> None:
+        timer = None
+        if call.deadline is not None:
+            timer = self._loop.call_later(call.deadline, self._expire, call)
+            _DEADLINE.set(self._loop.time() + call.deadline)  # this task's own context
         try:
             result = await call.coro
         except Exception as exc:
             self._core.fail(call, exc)
         except asyncio.CancelledError:
-            if not self._draining:
-                raise  # the connection is gone: nobody to answer
-            self._core.fail(call, ShuttingDown("the server shut down before the call finished"))
+            reason = self._stopped.get(call)
+            if reason is None:
+                if not self._draining:
+                    raise  # the connection is gone: nobody to answer
+                reason = ShuttingDown("the server shut down before the call finished")
+            if reason is not _NO_REPLY:
+                self._core.fail(call, reason)
         else:
             self._core.complete(call, result)
         finally:
             del self._tasks[call]
+            self._stopped.pop(call, None)
+            if timer is not None:
+                timer.cancel()
         if self._reading_paused and not self._writing_paused and not self._transport.is_closing():
             # A call ended: take up the frames held while at the limit, then read again if still under it.
             core = self._core
@@ -457,6 +486,19 @@ class _Connection(asyncio.BufferedProtocol):
             self._transport.close()
         elif self._draining:
             self._close_when_quiet()
+
+
+_NO_REPLY = ShuttingDown("cancelled by the client")  # a marker: the client asked for no reply
+_DEADLINE: "contextvars.ContextVar[Optional[float]]" = contextvars.ContextVar("fastrpc_deadline", default=None)
+
+
+def remaining() -> Optional[float]:
+    """Inside a handler: seconds left before the call's deadline (None if it has none), to pass on
+    to the calls it makes. Only async handlers run under a deadline."""
+    deadline = _DEADLINE.get()
+    if deadline is None:
+        return None
+    return max(0.0, deadline - asyncio.get_running_loop().time())
 
 
 def new_event_loop(loop: str = "auto") -> asyncio.AbstractEventLoop:

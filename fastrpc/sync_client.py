@@ -51,6 +51,10 @@ def _deliver(waiter: Tuple[_Batch, int], result: Any, error: Optional[BaseExcept
         batch.event.set()
 
 
+#: Seconds to spend sending the cancel frames of calls that timed out.
+CANCEL_SEND_TIMEOUT = 1.0
+
+
 def _remaining(deadline: Optional[float]) -> Optional[float]:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
@@ -167,7 +171,11 @@ class SyncClient:
         if not self._wait(batch, deadline):
             with self._state:
                 for key in keys:
-                    self._core.forget(key)  # a late reply is dropped
+                    self._core.forget(key)  # a late reply is dropped; a cancel frame is queued
+            try:
+                self._send((), batch, time.monotonic() + CANCEL_SEND_TIMEOUT)  # tell the server to stop them
+            except (CallTimeout, ConnectionClosed):
+                pass  # the calls timed out either way; the connection's state says the rest
             what = f"call to {calls[0][0]!r}" if len(calls) == 1 else f"batch of {len(calls)} calls"
             raise CallTimeout(f"{what} timed out after {timeout} s")
         return batch
@@ -180,13 +188,14 @@ class SyncClient:
                     raise ConnectionClosed(self._closed)
                 keys: List[int] = []
                 try:
+                    left = _remaining(deadline)
                     for index, (method, params) in enumerate(calls):
-                        keys.append(core.request(method, params, (batch, index)))
+                        keys.append(core.request(method, params, (batch, index), deadline=left))
                 except FrameTooLarge:
                     # Nothing of the batch goes out.
                     core.data_to_send()
                     for key in keys:
-                        core.forget(key)
+                        core.forget(key, cancel=False)
                     raise
                 data = core.data_to_send()
             view = memoryview(data)
@@ -204,7 +213,7 @@ class SyncClient:
                         self._lost(CallTimeout("a send timed out halfway through a frame"))
                     with self._state:
                         for key in keys:
-                            core.forget(key)
+                            core.forget(key, cancel=False)  # not (all) sent: nothing to cancel
                     raise CallTimeout(f"sending timed out after {len(data) - len(view)} of {len(data)} bytes")
         return keys
 

@@ -15,7 +15,7 @@ import trustme
 import fastrpc
 from fastrpc.tls import client_context, server_context
 
-from .conftest import demo_server, free_port, serve, serving
+from .conftest import demo_server, free_port, serve
 
 
 @pytest.fixture(scope="module")
