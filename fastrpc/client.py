@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections import deque
 from ssl import SSLContext
-from typing import Any, Generator, Optional
+from typing import Any, Deque, Generator, Optional
 
 from .auth import AUTH_METHOD
 from .errors import CallTimeout, ConnectionClosed, FastRPCError
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
 from .protocol import ABSENT, ClientConnection
 
-__all__ = ["Client", "connect"]
+__all__ = ["Client", "connect", "DEFAULT_MAX_PENDING"]
+
+#: Calls a client keeps sent and unanswered at once before further calls wait.
+DEFAULT_MAX_PENDING = 10_000
 
 
 def _deliver(future: "asyncio.Future[Any]", result: Any, error: Optional[BaseException]) -> None:
@@ -32,13 +36,15 @@ def _deliver(future: "asyncio.Future[Any]", result: Any, error: Optional[BaseExc
 class _ClientProtocol(asyncio.BufferedProtocol):
     """Moves bytes between the socket and the ``ClientConnection``."""
 
-    def __init__(self, core: ClientConnection, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, core: ClientConnection, loop: asyncio.AbstractEventLoop, max_pending: int) -> None:
         self.core = core
         self.loop = loop
         self.transport: Optional[asyncio.Transport] = None
         self.closed = loop.create_future()
         self.error: Optional[BaseException] = None
         self._flush_scheduled = False
+        self.max_pending = max_pending
+        self.room: Deque["asyncio.Future[None]"] = deque()  # calls waiting for fewer pending ones
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -55,11 +61,22 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         except FastRPCError as exc:
             self.error = exc
             self.transport.close()  # type: ignore[union-attr]
+        if self.room:
+            self.make_room()
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         self.core.close(self.error or exc)
         if not self.closed.done():
             self.closed.set_result(None)
+        self.make_room()
+
+    def make_room(self) -> None:
+        """Let waiting calls go, as many as there is room for (all of them once closed)."""
+        room, core = self.room, self.core
+        while room and (core.pending < self.max_pending or self.closed.done()):
+            waiter = room.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
 
     def schedule_flush(self) -> None:
         if not self._flush_scheduled:
@@ -98,10 +115,12 @@ class Client:
         subclass of their code; a lost connection raises ConnectionClosed.
         """
         protocol = self._protocol
-        if protocol.closed.done():
-            raise ConnectionClosed("connection is closed")
         if timeout is ABSENT:
             timeout = self.timeout
+        if self._core.pending >= protocol.max_pending:
+            await self._wait_for_room(method, timeout)
+        if protocol.closed.done():
+            raise ConnectionClosed("connection is closed")
         future = self._loop.create_future()
         key = self._core.request(method, params, future, deadline=timeout)
         protocol.schedule_flush()
@@ -111,6 +130,7 @@ class Client:
             except asyncio.CancelledError:
                 self._core.forget(key)  # and tell the server to stop it
                 protocol.schedule_flush()
+                protocol.make_room()
                 raise
         timer = self._loop.call_later(timeout, _expire, future, method, timeout)
         try:
@@ -118,9 +138,24 @@ class Client:
         except BaseException:
             self._core.forget(key)  # a no-op if it was answered; else a cancel frame goes out
             protocol.schedule_flush()
+            protocol.make_room()
             raise
         finally:
             timer.cancel()
+
+    async def _wait_for_room(self, method: str, timeout: Optional[float]) -> None:
+        """Wait until fewer than ``max_pending`` calls are pending: the client buffers no more than that."""
+        protocol = self._protocol
+        deadline = None if timeout is None else self._loop.time() + timeout
+        while self._core.pending >= protocol.max_pending and not protocol.closed.done():
+            waiter = self._loop.create_future()
+            protocol.room.append(waiter)
+            left = None if deadline is None else deadline - self._loop.time()
+            try:
+                await asyncio.wait_for(waiter, left)
+            except asyncio.TimeoutError:
+                raise CallTimeout(f"call to {method!r} timed out after {timeout} s waiting to be sent "
+                                  f"({protocol.max_pending} calls were pending)") from None
 
     async def close(self) -> None:
         """Close the connection; pending calls fail with ConnectionClosed."""
@@ -153,12 +188,15 @@ async def _open(
     ssl: Optional[SSLContext],
     server_hostname: Optional[str],
     token: Optional[str],
+    max_pending: int,
 ) -> Client:
+    if max_pending < 1:
+        raise ValueError(f"max_pending must be at least 1, got {max_pending!r}")
     loop = asyncio.get_running_loop()
     core = ClientConnection(_deliver, ids=ids, max_frame_size=check_max_frame_size(max_frame_size))
     try:
         _, protocol = await asyncio.wait_for(
-            loop.create_connection(lambda: _ClientProtocol(core, loop), host, port, ssl=ssl,
+            loop.create_connection(lambda: _ClientProtocol(core, loop, max_pending), host, port, ssl=ssl,
                                    server_hostname=server_hostname if ssl is not None else None),
             connect_timeout,
         )
@@ -185,6 +223,9 @@ class connect:
     makes it a TLS connection; ``server_hostname`` overrides the name the
     server's certificate is checked against (default: ``host``). ``token``
     authenticates the connection first (``fastrpc.Unauthenticated`` if refused).
+    At most ``max_pending`` calls are sent and unanswered at once; further
+    calls wait (within their timeout) for room, so memory stays bounded
+    however many are started.
     """
 
     def __init__(
@@ -199,9 +240,11 @@ class connect:
         ssl: Optional[SSLContext] = None,
         server_hostname: Optional[str] = None,
         token: Optional[str] = None,
+        max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
         self._coro = _open(host, port, ids=ids, max_frame_size=max_frame_size, timeout=timeout,
-                           connect_timeout=connect_timeout, ssl=ssl, server_hostname=server_hostname, token=token)
+                           connect_timeout=connect_timeout, ssl=ssl, server_hostname=server_hostname, token=token,
+                           max_pending=max_pending)
         self._client: Optional[Client] = None
 
     def __await__(self) -> Generator[Any, None, Client]:

@@ -185,3 +185,24 @@ def test_client_that_never_reads_is_not_buffered_for(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_async_client_bounds_its_pending_calls(run: Any) -> None:
+    async def main() -> None:
+        server, seen = tracking_server()
+        async with serving(server) as port, fastrpc.connect("127.0.0.1", port, max_pending=5) as client:
+            calls = [asyncio.ensure_future(client.call("hold", [0.1])) for _ in range(20)]
+            await asyncio.sleep(0.05)
+            assert client._core.pending == 5 and seen["now"] == 5  # the other 15 wait in the client, unsent
+            assert sorted(await asyncio.gather(*calls)) == list(range(1, 21))
+            assert seen["most"] == 5
+            # Waiting for room counts against the call's timeout.
+            blockers = [asyncio.ensure_future(client.call("hold", [0.5])) for _ in range(5)]
+            await asyncio.sleep(0.05)
+            with pytest.raises(fastrpc.CallTimeout, match="waiting to be sent"):
+                await client.call("hold", [0], timeout=0.1)
+            await asyncio.gather(*blockers)
+        with pytest.raises(ValueError, match="max_pending"):
+            await fastrpc.connect("127.0.0.1", port, max_pending=0)
+
+    run(main())
