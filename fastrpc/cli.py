@@ -73,6 +73,18 @@ def read_tokens(path: str) -> List[str]:
     return tokens
 
 
+def _client_tls(args: argparse.Namespace) -> Optional["ssl.SSLContext"]:
+    """The client's TLS context from --tls/--tls-ca/--tls-cert/--tls-key, or None."""
+    if not (args.tls or args.tls_ca or args.tls_cert):
+        return None
+    from .tls import client_context
+
+    try:
+        return client_context(args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"fastrpc: cannot load the TLS files: {exc}") from None
+
+
 def _tls(args: argparse.Namespace) -> Optional["ssl.SSLContext"]:
     """The server's TLS context from --tls-cert/--tls-key/--tls-ca, or None."""
     if args.tls_cert is None:
@@ -139,7 +151,8 @@ def _call(args: argparse.Namespace) -> int:
     host, port = args.address
     try:
         token = read_tokens(args.token_file)[0] if args.token_file is not None else None
-        with SyncClient(host, port, timeout=args.timeout, connect_timeout=args.timeout, token=token) as client:
+        with SyncClient(host, port, timeout=args.timeout, connect_timeout=args.timeout, token=token,
+                        ssl=_client_tls(args)) as client:
             result = client.call(args.method, args.params)
     except CallTimeout as exc:  # first: DeadlineExceeded (the server's timeout) is one too
         print(f"fastrpc: {exc}", file=sys.stderr)
@@ -220,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the params as JSON: a list for positional arguments, an object for keywords")
     call.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds (default 10)")
     call.add_argument("--token-file", metavar="PATH", help="authenticate with the first token in PATH")
+    call.add_argument("--tls", action="store_true", help="connect with TLS, trusting the system's CAs")
+    call.add_argument("--tls-ca", metavar="PEM", help="connect with TLS, trusting this CA")
+    call.add_argument("--tls-cert", metavar="PEM", help="client certificate, for servers that require one")
+    call.add_argument("--tls-key", metavar="PEM", help="its private key, unless the --tls-cert file holds it")
     call.set_defaults(handler=_call, log_level="WARNING")
 
     bench = commands.add_parser(

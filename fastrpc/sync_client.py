@@ -14,6 +14,7 @@ import select
 import socket
 import threading
 import time
+from ssl import MemoryBIO, SSLContext, SSLWantReadError, SSLZeroReturnError
 from typing import Any, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 from .auth import AUTH_METHOD
@@ -51,6 +52,57 @@ def _deliver(waiter: Tuple[_Batch, int], result: Any, error: Optional[BaseExcept
         batch.event.set()
 
 
+class _Tls:
+    """TLS over the non-blocking socket through memory BIOs, so that the select()
+    design stays as it is. The reading thread and a sending thread never use
+    the TLS state at once: one lock guards it."""
+
+    def __init__(self, context: SSLContext, server_hostname: Optional[str]) -> None:
+        self._incoming, self._outgoing = MemoryBIO(), MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_hostname=server_hostname)
+        self._lock = threading.Lock()
+
+    def handshake(self, sock: socket.socket) -> None:
+        """Run the handshake on ``sock`` while it is still blocking (with its connect timeout)."""
+        while True:
+            try:
+                self._tls.do_handshake()
+                done = True
+            except SSLWantReadError:
+                done = False
+            data = self._outgoing.read()
+            if data:
+                sock.sendall(data)
+            if done:
+                return
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionResetError("the server closed the connection during the TLS handshake")
+            self._incoming.write(data)
+
+    def encrypt(self, data: bytes) -> bytes:
+        with self._lock:
+            self._tls.write(data)
+            return self._outgoing.read()
+
+    def decrypt(self, data: bytes) -> Optional[bytes]:
+        """The plaintext ``data`` completes (maybe b""); None once the server closed the TLS session."""
+        chunks = []
+        with self._lock:
+            self._incoming.write(data)
+            while True:
+                try:
+                    chunk = self._tls.read(65536)
+                except SSLWantReadError:
+                    break
+                except SSLZeroReturnError:
+                    return None
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+
 #: Seconds to spend sending the cancel frames of calls that timed out.
 CANCEL_SEND_TIMEOUT = 1.0
 
@@ -83,6 +135,8 @@ class SyncClient:
         ids: bool = True,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         token: Optional[str] = None,
+        ssl: Optional[SSLContext] = None,
+        server_hostname: Optional[str] = None,
     ) -> None:
         self.timeout = timeout
         self._core = ClientConnection(_deliver, ids=ids, max_frame_size=check_max_frame_size(max_frame_size))
@@ -93,6 +147,14 @@ class SyncClient:
         except OSError as exc:
             raise ConnectionClosed(f"could not connect to {host}:{port}: {exc.strerror or exc}") from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._tls: Optional[_Tls] = None
+        if ssl is not None:
+            try:
+                self._tls = _Tls(ssl, server_hostname or host)
+                self._tls.handshake(sock)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                sock.close()
+                raise ConnectionClosed(f"could not connect to {host}:{port}: TLS: {exc}") from exc
         # Non-blocking: every wait goes through select() with the caller's deadline.
         sock.setblocking(False)
         self._sock = sock
@@ -198,6 +260,8 @@ class SyncClient:
                         core.forget(key, cancel=False)
                     raise
                 data = core.data_to_send()
+            if self._tls is not None and data:
+                data = self._tls.encrypt(data)  # under the send lock: records leave in order
             view = memoryview(data)
             while view:
                 try:
@@ -260,18 +324,26 @@ class SyncClient:
             if not select.select([sock], [], [], _remaining(deadline))[0]:
                 return False
             try:
-                nbytes = sock.recv_into(core.get_buffer(-1))
+                if self._tls is None:
+                    nbytes = sock.recv_into(core.get_buffer(-1))
+                else:
+                    raw = sock.recv(65536)
+                    data = self._tls.decrypt(raw) if raw else None  # None: the connection ended
+                    nbytes = -1 if data is None else len(data)  # 0: part of a TLS record, no plaintext yet
             except BlockingIOError:
                 continue
-            except OSError as exc:
+            except OSError as exc:  # ssl.SSLError among them
                 self._lost(exc)
                 continue
-            if nbytes == 0:
+            if nbytes < 0 or (nbytes == 0 and self._tls is None):
                 self._lost(None)
                 continue
             with self._state:
                 try:
-                    core.buffer_updated(nbytes)
+                    if self._tls is None:
+                        core.buffer_updated(nbytes)
+                    elif data:
+                        core.receive_data(data)
                 except FastRPCError as exc:
                     self._lost(exc)
         return True

@@ -67,13 +67,13 @@ async def serving(server: fastrpc.Server) -> AsyncIterator[int]:
 
 
 @contextlib.contextmanager
-def serving_in_thread(server: fastrpc.Server, loop_kind: str = "uvloop") -> Iterator[int]:
+def serving_in_thread(server: fastrpc.Server, loop_kind: str = "uvloop", ssl: Any = None) -> Iterator[int]:
     """Serve ``server`` from an event loop in a background thread, for blocking clients; yield the port."""
     loop = new_event_loop(loop_kind)
     thread = threading.Thread(target=loop.run_forever, name="test-server", daemon=True)
     thread.start()
     try:
-        asyncio.run_coroutine_threadsafe(server.start("127.0.0.1", 0), loop).result(TEST_TIMEOUT)
+        asyncio.run_coroutine_threadsafe(server.start("127.0.0.1", 0, ssl=ssl), loop).result(TEST_TIMEOUT)
         yield server.port
     finally:
         async def stop() -> None:

@@ -6,6 +6,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -15,7 +16,7 @@ import trustme
 import fastrpc
 from fastrpc.tls import client_context, server_context
 
-from .conftest import demo_server, free_port, serve
+from .conftest import demo_server, free_port, serve, serving_in_thread
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +115,12 @@ def test_serve_with_tls_options(tmp_path: Path, files: dict) -> None:
                 assert await client.call("add", [2, 3]) == 5
 
         asyncio.run(main())
+        call = [sys.executable, "-m", "fastrpc", "call", f"127.0.0.1:{port}", "add", "[4, 5]", "--tls-ca", files["ca"]]
+        out = subprocess.run(call + ["--tls-cert", files["client_cert"], "--tls-key", files["client_key"]],
+                             capture_output=True, text=True, timeout=30)
+        assert (out.returncode, out.stdout) == (0, "9\n"), out.stderr
+        out = subprocess.run(call, capture_output=True, text=True, timeout=30)  # no client certificate
+        assert out.returncode == 3, out.stderr
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
         assert "(TLS)" in proc.stderr.read()
@@ -127,3 +134,26 @@ def test_serve_with_tls_options(tmp_path: Path, files: dict) -> None:
 
 def test_contexts() -> None:
     assert client_context().verify_mode == ssl.CERT_REQUIRED
+
+
+def test_sync_client_tls(files: dict) -> None:
+    server = demo_server()
+    context = server_context(files["cert"], files["key"], ca=files["ca"])
+    with serving_in_thread(server, ssl=context) as port:
+        with_cert = client_context(files["ca"], cert=files["client_cert"], key=files["client_key"])
+        with fastrpc.SyncClient("127.0.0.1", port, ssl=with_cert, timeout=10) as client:
+            assert client.call("add", [1, 2]) == 3
+            assert client.call("echo", "y" * 200_000) == "y" * 200_000
+            results: list = []
+            threads = [threading.Thread(target=lambda i=i: results.append(
+                client.call_many([("add", [i, j]) for j in range(50)]) == [i + j for j in range(50)])) for i in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            assert results == [True] * 8  # many threads share the TLS session
+        with pytest.raises(fastrpc.ConnectionClosed, match="TLS"):
+            fastrpc.SyncClient("127.0.0.1", port, ssl=client_context(), timeout=5)  # untrusted
+        with pytest.raises(fastrpc.ConnectionClosed):
+            with fastrpc.SyncClient("127.0.0.1", port, ssl=client_context(files["ca"]), timeout=5) as bare:
+                bare.call("ping")  # no client certificate: refused at the handshake or the first exchange
