@@ -44,7 +44,8 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         self.error: Optional[BaseException] = None
         self._flush_scheduled = False
         self.max_pending = max_pending
-        self.room: Deque["asyncio.Future[None]"] = deque()  # calls waiting for fewer pending ones
+        self.room: Deque["asyncio.Future[bool]"] = deque()  # calls waiting for fewer pending ones
+        self.waking = 0  # calls let go that have not sent yet: their places are taken
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -71,12 +72,21 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         self.make_room()
 
     def make_room(self) -> None:
-        """Let waiting calls go, as many as there is room for (all of them once closed)."""
-        room, core = self.room, self.core
-        while room and (core.pending < self.max_pending or self.closed.done()):
+        """Let waiting calls go, oldest first, as many as there are free places (all of them once closed)."""
+        room = self.room
+        if self.closed.done():
+            while room:
+                waiter = room.popleft()
+                if not waiter.done():
+                    waiter.set_result(False)
+            return
+        free = self.max_pending - self.core.pending - self.waking
+        while room and free > 0:
             waiter = room.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
+            if not waiter.done():  # else it timed out meanwhile
+                waiter.set_result(True)
+                self.waking += 1
+                free -= 1
 
     def schedule_flush(self) -> None:
         if not self._flush_scheduled:
@@ -117,7 +127,7 @@ class Client:
         protocol = self._protocol
         if timeout is ABSENT:
             timeout = self.timeout
-        if self._core.pending >= protocol.max_pending:
+        if self._core.pending + protocol.waking >= protocol.max_pending or protocol.room:
             await self._wait_for_room(method, timeout)
         if protocol.closed.done():
             raise ConnectionClosed("connection is closed")
@@ -144,18 +154,29 @@ class Client:
             timer.cancel()
 
     async def _wait_for_room(self, method: str, timeout: Optional[float]) -> None:
-        """Wait until fewer than ``max_pending`` calls are pending: the client buffers no more than that."""
+        """Wait, in line, until a place among ``max_pending`` is free: the client buffers no more than that."""
         protocol = self._protocol
         deadline = None if timeout is None else self._loop.time() + timeout
-        while self._core.pending >= protocol.max_pending and not protocol.closed.done():
-            waiter = self._loop.create_future()
+        while not protocol.closed.done():
+            waiter: "asyncio.Future[bool]" = self._loop.create_future()
             protocol.room.append(waiter)
-            left = None if deadline is None else deadline - self._loop.time()
+            protocol.make_room()  # there may be a place already
             try:
-                await asyncio.wait_for(waiter, left)
+                if deadline is None:
+                    counted = await waiter
+                else:
+                    counted = await asyncio.wait_for(waiter, deadline - self._loop.time())
             except asyncio.TimeoutError:
                 raise CallTimeout(f"call to {method!r} timed out after {timeout} s waiting to be sent "
                                   f"({protocol.max_pending} calls were pending)") from None
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled() and waiter.result():
+                    protocol.waking -= 1  # it was let go, and will not take its place: pass it on
+                    protocol.make_room()
+                raise
+            if counted:
+                protocol.waking -= 1
+                return
 
     async def close(self) -> None:
         """Close the connection; pending calls fail with ConnectionClosed."""

@@ -162,7 +162,7 @@ def test_client_that_never_reads_is_not_buffered_for(tmp_path: Path) -> None:
         flood.setblocking(False)
         request = frame(b'{"in": "echo", "params": "' + b"x" * 16_000 + b'"}') * 16  # 256 KiB per send
         sent = 0
-        with fastrpc.SyncClient("127.0.0.1", port, timeout=5) as other:
+        with fastrpc.SyncClient("127.0.0.1", port, timeout=15) as other:
             deadline = time.monotonic() + 3
             while time.monotonic() < deadline:
                 try:
