@@ -1,0 +1,286 @@
+"""Hostile clients: each kind of bad input gets its documented answer, and a well-behaved client on the
+same server is served before, during and after every one of them."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any, Awaitable, Callable, Dict, List
+
+import orjson
+import pytest
+
+import fastrpc
+from fastrpc.limits import PROBE_REPLY
+
+from .conftest import RawConnection, demo_server, frame, serving
+
+
+def request(**fields: Any) -> bytes:
+    return frame(orjson.dumps(fields))
+
+
+async def replies(raw: RawConnection, count: int) -> List[Dict[str, Any]]:
+    return [orjson.loads(await asyncio.wait_for(raw.read_frame(), 5)) for _ in range(count)]
+
+
+async def code_of(raw: RawConnection) -> int:
+    [reply] = await replies(raw, 1)
+    return int(reply["error"]["code"])
+
+
+async def still_serving(raw: RawConnection) -> None:
+    await raw.send(request(**{"in": "ping", "params": "still", "id": "check"}))
+    [reply] = await replies(raw, 1)
+    assert reply == {"out": "pong", "result": "still", "id": "check"}
+
+
+async def closed(raw: RawConnection) -> bool:
+    return await asyncio.wait_for(raw.at_eof(), 5)
+
+
+Case = Callable[[RawConnection, int], Awaitable[None]]
+CASES: Dict[str, Case] = {}
+
+
+def case(name: str) -> Callable[[Case], Case]:
+    def register(func: Case) -> Case:
+        CASES[name] = func
+        return func
+    return register
+
+
+@case("garbage that happens to be a frame of non-JSON")
+async def _garbage(raw: RawConnection, port: int) -> None:
+    await raw.send(frame(b"\x8a\x01 not json at all"))
+    assert await code_of(raw) == -32700
+    await still_serving(raw)
+
+
+@case("a header announcing 4 GiB")
+async def _huge_header(raw: RawConnection, port: int) -> None:
+    await raw.send(b"\xff\xff\xff\xff" + b"x" * 100)
+    assert await code_of(raw) == -32000 and await closed(raw)
+
+
+@case("a header, then silence")
+async def _silence(raw: RawConnection, port: int) -> None:
+    await raw.send(struct.pack(">I", 100) + b"{")
+    assert await code_of(raw) == -32003 and await closed(raw)
+
+
+@case("a body cut off by a disconnect")
+async def _cut(raw: RawConnection, port: int) -> None:
+    await raw.send(struct.pack(">I", 1000) + b'{"in": "echo", "params": "')
+    await raw.close()
+
+
+@case("invalid UTF-8")
+async def _utf8(raw: RawConnection, port: int) -> None:
+    await raw.send(frame(b'{"in": "echo", "params": "\xff\xfe", "id": 1}'))
+    assert await code_of(raw) == -32700
+    await still_serving(raw)
+
+
+@case("an empty frame")
+async def _empty(raw: RawConnection, port: int) -> None:
+    await raw.send(frame(b""))
+    assert await code_of(raw) == -32700
+    await still_serving(raw)
+
+
+@case("JSON that is not an object")
+async def _not_object(raw: RawConnection, port: int) -> None:
+    for body in (b"[1, 2]", b'"ping"', b"null", b"42"):
+        await raw.send(frame(body))
+        assert await code_of(raw) == -32600
+    await still_serving(raw)
+
+
+@case("'in' of the wrong type, or missing")
+async def _bad_in(raw: RawConnection, port: int) -> None:
+    for body in (b'{"in": 5}', b'{"in": ["echo"]}', b'{"in": null}', b'{"params": 1}', b'{"in": {"a": 1}}'):
+        await raw.send(frame(body))
+        assert await code_of(raw) == -32600
+    await still_serving(raw)
+
+
+@case("an unknown method, odd names")
+async def _unknown(raw: RawConnection, port: int) -> None:
+    for name in ("nope", "", "\u0000", "x" * 10_000, "__init__", "ping "):
+        await raw.send(request(**{"in": name, "id": 1}))
+        assert await code_of(raw) == -32601
+    await still_serving(raw)
+
+
+@case("deeply nested JSON")
+async def _nested(raw: RawConnection, port: int) -> None:
+    await raw.send(frame(b'{"in": "echo", "params": ' + b"[" * 5000 + b"]" * 5000 + b', "id": 1}'))
+    assert await code_of(raw) == -32700  # past the decoder's depth limit: a parse error, not a crash
+    await still_serving(raw)
+
+
+@case("huge numbers")
+async def _huge_numbers(raw: RawConnection, port: int) -> None:
+    for number in (b"1" * 400, b"1e400", b"-1e400"):  # past a double: a parse error
+        await raw.send(frame(b'{"in": "echo", "params": [' + number + b'], "id": 1}'))
+        assert await code_of(raw) == -32700
+    await raw.send(frame(b'{"in": "echo", "params": [' + b"9" * 30 + b'], "id": 1}'))  # past 64 bits: a float
+    assert (await replies(raw, 1))[0]["result"] == [1e30]
+    await still_serving(raw)
+
+
+@case("an id of the wrong type")
+async def _bad_id(raw: RawConnection, port: int) -> None:
+    for rid in (b"1.5", b"true", b"[1]", b'{"a": 1}'):
+        await raw.send(frame(b'{"in": "ping", "id": ' + rid + b"}"))
+        assert await code_of(raw) == -32600
+    await still_serving(raw)
+
+
+@case("duplicate ids in flight")
+async def _duplicate_ids(raw: RawConnection, port: int) -> None:
+    await raw.send(request(**{"in": "sleep", "params": [0.05], "id": 7}) * 2)
+    got = await replies(raw, 2)
+    assert got == [{"out": "sleep", "result": 0.05, "id": 7}] * 2  # each request answered once
+
+
+@case("bad params")
+async def _bad_params(raw: RawConnection, port: int) -> None:
+    for params in ([1], [1, 2, 3], {"a": 1, "c": 2}, "x"):
+        await raw.send(request(**{"in": "add", "params": params, "id": 1}))
+        assert await code_of(raw) == -32602
+    await still_serving(raw)
+
+
+@case("a handler that raises")
+async def _raises(raw: RawConnection, port: int) -> None:
+    await raw.send(request(**{"in": "fail", "id": 1}))
+    assert await code_of(raw) == -32603
+    await still_serving(raw)
+
+
+@case("a bad deadline")
+async def _bad_deadline(raw: RawConnection, port: int) -> None:
+    for deadline in (-1, "soon", [5]):
+        await raw.send(request(**{"in": "sleep", "params": [0], "id": 1, "deadline": deadline}))
+        assert await code_of(raw) == -32600
+    await still_serving(raw)
+
+
+@case("a cancel for an unknown id, and odd cancels")
+async def _cancel_unknown(raw: RawConnection, port: int) -> None:
+    for body in (b'{"cancel": 12345}', b'{"cancel": "x"}', b'{"cancel": [1]}', b'{"cancel": null}'):
+        await raw.send(frame(body))  # never answered
+    await still_serving(raw)  # the next frame it reads is the answer to this
+
+
+@case("unknown extra keys")
+async def _extra_keys(raw: RawConnection, port: int) -> None:
+    await raw.send(request(**{"in": "add", "params": [1, 2], "id": 1, "x": {"y": [1]}, "out": "z"}))
+    assert (await replies(raw, 1))[0]["result"] == 3
+
+
+@case("thousands of tiny frames in one packet")
+async def _tiny_frames(raw: RawConnection, port: int) -> None:
+    await raw.send(frame(b'{"in":"ping"}') * 5000)
+    got = await replies(raw, 5000)
+    assert got == [{"out": "pong", "result": None}] * 5000
+
+
+@case("one byte at a time")
+async def _one_byte(raw: RawConnection, port: int) -> None:
+    data = request(**{"in": "echo", "params": ["slow"], "id": 2})
+    for i in range(len(data)):
+        await raw.send(data[i:i + 1])
+    assert await replies(raw, 1) == [{"out": "echo", "result": ["slow"], "id": 2}]
+
+
+@case("the text probe")
+async def _probe(raw: RawConnection, port: int) -> None:
+    await raw.send(b"ping")
+    assert await asyncio.wait_for(raw.reader.read(100), 5) == PROBE_REPLY and await closed(raw)
+
+
+@case("a half-closed socket with requests in flight")
+async def _half_closed(raw: RawConnection, port: int) -> None:
+    await raw.send(request(**{"in": "sleep", "params": [0.1], "id": 1}) + request(**{"in": "add", "params": [1, 1], "id": 2}))
+    raw.writer.write_eof()
+    got = await replies(raw, 2)
+    assert sorted(r["id"] for r in got) == [1, 2] and await closed(raw)  # every reply, then the close
+
+
+@case("a response larger than the maximum frame size")
+async def _response_too_large(raw: RawConnection, port: int) -> None:
+    await raw.send(request(**{"in": "grow", "params": [2 << 20], "id": 1}))
+    assert await code_of(raw) == -32000
+    await still_serving(raw)
+
+
+@case("a client that never reads, flooding")
+async def _never_reads(raw: RawConnection, port: int) -> None:
+    raw.writer.transport.set_write_buffer_limits(high=1 << 30)
+    raw.writer.write(request(**{"in": "echo", "params": "f" * 10_000}) * 3000)  # 30 MB, none read back
+    await asyncio.sleep(0.5)
+    raw.writer.transport.abort()  # what it wrote was never all taken: do not wait for it
+
+
+@case("a connection flood past the limit")
+async def _connection_flood(raw: RawConnection, port: int) -> None:
+    extra = [await RawConnection.open(port) for _ in range(LIMIT)]
+    for other in extra:
+        other.writer.write(request(**{"in": "ping", "params": 1}))
+    firsts = [(await replies(other, 1))[0] for other in extra]  # a pong, or the busy error sent at once
+    busy = [reply for reply in firsts if reply.get("out") == "error"]
+    assert {reply["error"]["code"] for reply in busy} == {-32001}
+    assert len(busy) == 2  # the well-behaved client and `raw` hold two of the LIMIT places
+    for other in extra:
+        other.writer.transport.abort()
+
+
+LIMIT = 20
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_hostile_client(run: Any, name: str) -> None:
+    async def main() -> None:
+        server = demo_server(max_frame_size=1 << 20, frame_timeout=0.3, max_connections=LIMIT)
+
+        @server.method
+        def grow(n: int) -> str:
+            return "g" * n
+
+        async with serving(server) as port, fastrpc.connect("127.0.0.1", port, timeout=10) as good:
+            assert await good.call("add", [1, 2]) == 3
+            raw = await RawConnection.open(port)
+            try:
+                count = [0]
+                behaving = asyncio.ensure_future(_keep_calling(good, count))
+                await CASES[name](raw, port)
+                await _stop(behaving)
+                assert count[0] > 0  # the well-behaved client was served while it happened
+            finally:
+                await raw.close()
+            assert await good.call("echo", ["after"]) == ["after"]
+
+    run(main(), timeout=15)
+
+
+async def _keep_calling(client: fastrpc.Client, count: List[int]) -> None:
+    """Call and check, again and again, until cancelled; ``count[0]`` says how many succeeded."""
+    while True:
+        n = count[0]
+        assert await client.call("add", [n, 1]) == n + 1
+        count[0] = n + 1
+        await asyncio.sleep(0.005)
+
+
+async def _stop(task: "asyncio.Future[None]") -> None:
+    await asyncio.sleep(0.02)
+    if task.done():
+        task.result()  # it failed: raise that
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
