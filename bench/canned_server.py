@@ -11,17 +11,13 @@ only: it answers anything, even a frame that is not a request.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import signal
 import socket
-import sys
 from typing import Optional
-
-import uvloop
 
 from fastrpc.errors import FrameTooLarge
 from fastrpc.framing import FrameReader
+from minimal_server import main  # the same serving loop, another protocol
 
 _BODY = b'{"out": "pong", "result": "sha params"}'
 CANNED = len(_BODY).to_bytes(4, "big") + _BODY
@@ -63,29 +59,5 @@ class CannedProtocol(asyncio.BufferedProtocol):
             transport.close()  # type: ignore[union-attr]
 
 
-async def serve(host: str, port: int) -> None:
-    loop = asyncio.get_running_loop()
-    stop: "asyncio.Future[None]" = loop.create_future()
-
-    def request_stop() -> None:
-        if not stop.done():
-            stop.set_result(None)
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, request_stop)
-    server = await loop.create_server(CannedProtocol, host, port, backlog=1024)
-    print(f"canned server listening on {host}:{port}", file=sys.stderr, flush=True)
-    async with server:
-        await stop
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    uvloop.run(serve(args.host, args.port))
-
-
 if __name__ == "__main__":
-    main()
+    main(CannedProtocol, "canned server", __doc__.splitlines()[0])

@@ -21,6 +21,7 @@ import signal
 import socket
 import struct
 import sys
+from typing import Callable
 
 import orjson
 import uvloop
@@ -84,24 +85,27 @@ class PingProtocol(asyncio.Protocol):
             self._transport.write(b"".join(out))
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, protocol: Callable[[], asyncio.BaseProtocol] = PingProtocol,
+                name: str = "minimal server") -> None:
+    """Serve ``protocol`` until SIGINT or SIGTERM (bench/canned_server.py serves its own this way)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    server = await loop.create_server(PingProtocol, host, port, backlog=1024)
+    server = await loop.create_server(protocol, host, port, backlog=1024)
     # Same wording as fastrpc's log line, so the same readiness check fits both.
-    print(f"minimal server listening on {host}:{port}", file=sys.stderr, flush=True)
+    print(f"{name} listening on {host}:{port}", file=sys.stderr, flush=True)
     async with server:  # closing it closes the connections too (uvloop)
         await stop.wait()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(protocol: Callable[[], asyncio.BaseProtocol] = PingProtocol, name: str = "minimal server",
+         description: str = __doc__.splitlines()[0]) -> None:
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    uvloop.run(serve(args.host, args.port))
+    uvloop.run(serve(args.host, args.port, protocol, name))
 
 
 if __name__ == "__main__":
