@@ -8,10 +8,11 @@ resolves futures.
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 from collections import deque
 from ssl import SSLContext
-from typing import Any, Deque, Generator, Optional
+from typing import Any, Awaitable, Callable, Deque, Generator, Iterable, Optional
 
 from .auth import AUTH_METHOD
 from .errors import CallTimeout, ConnectionClosed, FastRPCError
@@ -103,18 +104,33 @@ class _ClientProtocol(asyncio.BufferedProtocol):
 class Client:
     """A connection to a fastrpc server. Make one with ``await fastrpc.connect(...)``."""
 
-    def __init__(self, protocol: _ClientProtocol, timeout: Optional[float]) -> None:
+    def __init__(
+        self,
+        protocol: _ClientProtocol,
+        timeout: Optional[float],
+        dial: Optional[Callable[[], Awaitable[_ClientProtocol]]] = None,
+        retries: int = 0,
+        idempotent: Iterable[str] = (),
+    ) -> None:
         self._protocol = protocol
         self._core = protocol.core
         self._loop = protocol.loop
         self.timeout = timeout
+        self.retries = retries
+        self.idempotent = frozenset(idempotent)
+        self._dial = dial
+        self._redial: "Optional[asyncio.Task[None]]" = None
+        self._closing = False
 
     @property
     def closed(self) -> bool:
         """True once the connection is closed or lost."""
         return self._protocol.closed.done()
 
-    async def call(self, method: str, params: Any = ABSENT, *, timeout: Optional[float] = ABSENT) -> Any:
+    async def call(
+        self, method: str, params: Any = ABSENT, *, timeout: Optional[float] = ABSENT,
+        idempotent: Optional[bool] = None,
+    ) -> Any:
         """Call ``method`` with ``params`` and return its result.
 
         ``params`` may be a list (positional arguments), a dict (keyword
@@ -123,10 +139,20 @@ class Client:
         call's deadline and raises CallTimeout; the server is then told to
         stop the call, and a late reply, if any, is dropped. Remote errors raise the RemoteError
         subclass of their code; a lost connection raises ConnectionClosed.
+
+        With ``retries`` set on the client, a call whose connection is lost
+        before its reply arrives is sent again on a new connection if it is
+        idempotent: ``idempotent=True`` here, or its method is in the
+        client's ``idempotent`` set (``idempotent=False`` opts one call out).
         """
-        protocol = self._protocol
         if timeout is ABSENT:
             timeout = self.timeout
+        if self.retries and (idempotent or (idempotent is None and method in self.idempotent)):
+            return await self._call_retrying(method, params, timeout)
+        protocol = self._protocol
+        if protocol.closed.done() and self.retries and not self._closing:
+            await self._reconnect(timeout)  # a call not yet sent is safe to send on a new connection
+            protocol = self._protocol
         if self._core.pending + protocol.waking >= protocol.max_pending or protocol.room:
             await self._wait_for_room(method, timeout)
         if protocol.closed.done():
@@ -178,8 +204,47 @@ class Client:
                 protocol.waking -= 1
                 return
 
+    async def _call_retrying(self, method: str, params: Any, timeout: Optional[float]) -> Any:
+        """``call``, sent again on a new connection each time the connection is lost, ``retries`` times at most."""
+        deadline = None if timeout is None else self._loop.time() + timeout
+        for attempt in range(self.retries + 1):
+            left = None if deadline is None else deadline - self._loop.time()
+            if left is not None and left <= 0:
+                raise CallTimeout(f"call to {method!r} timed out after {timeout} s (connection lost {attempt} times)")
+            try:
+                return await self.call(method, params, timeout=left, idempotent=False)
+            except ConnectionClosed:
+                if attempt == self.retries or self._closing:
+                    raise
+            await asyncio.sleep(retry_delay(attempt))
+        raise AssertionError("unreachable")
+
+    async def _reconnect(self, timeout: Optional[float]) -> None:
+        """Replace a lost connection; concurrent callers share one new connection."""
+        if self._dial is None:
+            raise ConnectionClosed("connection is closed")
+        if self._redial is None:
+            self._redial = self._loop.create_task(self._replace(self._dial))
+            self._redial.add_done_callback(_consume)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._redial), timeout)
+        except asyncio.TimeoutError:
+            raise CallTimeout(f"reconnecting timed out after {timeout} s") from None
+
+    async def _replace(self, dial: Callable[[], Awaitable[_ClientProtocol]]) -> None:
+        try:
+            protocol = await dial()
+        finally:
+            self._redial = None
+        if self._closing:
+            protocol.transport.close()  # type: ignore[union-attr]
+            raise ConnectionClosed("connection is closed")
+        self._protocol = protocol
+        self._core = protocol.core
+
     async def close(self) -> None:
         """Close the connection; pending calls fail with ConnectionClosed."""
+        self._closing = True
         protocol = self._protocol
         if protocol.transport is not None:
             protocol.flush()
@@ -198,23 +263,33 @@ def _expire(future: "asyncio.Future[Any]", method: str, timeout: float) -> None:
         future.set_exception(CallTimeout(f"call to {method!r} timed out after {timeout} s"))
 
 
-async def _open(
+def retry_delay(attempt: int) -> float:
+    """Seconds to wait before resending a call whose connection was lost ``attempt + 1`` times.
+
+    The first resend goes at once (another server or worker is likely up); later ones back off, up to 1 s."""
+    return min(0.05 * (2 ** attempt - 1), 1.0)
+
+
+def _consume(task: "asyncio.Task[None]") -> None:
+    if not task.cancelled():
+        task.exception()  # every waiter sees it; this keeps asyncio from logging it as never retrieved
+
+
+async def _dial(
     host: str,
     port: int,
     *,
     ids: bool,
     max_frame_size: int,
-    timeout: Optional[float],
     connect_timeout: Optional[float],
     ssl: Optional[SSLContext],
     server_hostname: Optional[str],
     token: Optional[str],
     max_pending: int,
-) -> Client:
-    if max_pending < 1:
-        raise ValueError(f"max_pending must be at least 1, got {max_pending!r}")
+) -> _ClientProtocol:
+    """Open a connection and authenticate it: it is ready for calls."""
     loop = asyncio.get_running_loop()
-    core = ClientConnection(_deliver, ids=ids, max_frame_size=check_max_frame_size(max_frame_size))
+    core = ClientConnection(_deliver, ids=ids, max_frame_size=max_frame_size)
     try:
         _, protocol = await asyncio.wait_for(
             loop.create_connection(lambda: _ClientProtocol(core, loop, max_pending), host, port, ssl=ssl,
@@ -225,14 +300,14 @@ async def _open(
         raise ConnectionClosed(f"could not connect to {host}:{port} within {connect_timeout} s") from None
     except OSError as exc:  # ssl.SSLError too: a failed handshake
         raise ConnectionClosed(f"could not connect to {host}:{port}: {exc.strerror or exc}") from exc
-    client = Client(protocol, timeout)
     if token is not None:
+        first = Client(protocol, None)
         try:
-            await client.call(AUTH_METHOD, token, timeout=connect_timeout)
+            await first.call(AUTH_METHOD, token, timeout=connect_timeout)
         except BaseException:
-            await client.close()
+            await first.close()
             raise
-    return client
+    return protocol
 
 
 class connect:
@@ -247,6 +322,12 @@ class connect:
     At most ``max_pending`` calls are sent and unanswered at once; further
     calls wait (within their timeout) for room, so memory stays bounded
     however many are started.
+
+    ``retries`` (default 0: off) makes the client reconnect when it finds its
+    connection lost, and resend each call that is lost with it, up to that
+    many times, if the call is idempotent: its method is in ``idempotent``,
+    or it was made with ``call(..., idempotent=True)``. Calls that may have
+    run and must not run twice fail with ConnectionClosed instead.
     """
 
     def __init__(
@@ -262,11 +343,23 @@ class connect:
         server_hostname: Optional[str] = None,
         token: Optional[str] = None,
         max_pending: int = DEFAULT_MAX_PENDING,
+        retries: int = 0,
+        idempotent: Iterable[str] = (),
     ) -> None:
-        self._coro = _open(host, port, ids=ids, max_frame_size=max_frame_size, timeout=timeout,
-                           connect_timeout=connect_timeout, ssl=ssl, server_hostname=server_hostname, token=token,
-                           max_pending=max_pending)
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be at least 1, got {max_pending!r}")
+        if retries < 0:
+            raise ValueError(f"retries must not be negative, got {retries!r}")
+        dial = functools.partial(_dial, host, port, ids=ids, max_frame_size=check_max_frame_size(max_frame_size),
+                                 connect_timeout=connect_timeout, ssl=ssl, server_hostname=server_hostname,
+                                 token=token, max_pending=max_pending)
+        self._coro = self._open(dial, timeout, retries, idempotent)
         self._client: Optional[Client] = None
+
+    @staticmethod
+    async def _open(dial: Callable[[], Awaitable[_ClientProtocol]], timeout: Optional[float], retries: int,
+                    idempotent: Iterable[str]) -> Client:
+        return Client(await dial(), timeout, dial, retries, idempotent)
 
     def __await__(self) -> Generator[Any, None, Client]:
         return self._coro.__await__()

@@ -10,6 +10,7 @@ call, no background thread.
 
 from __future__ import annotations
 
+import functools
 import select
 import socket
 import threading
@@ -20,6 +21,7 @@ from typing import Any, Iterable, List, Optional, Sequence, Set, Tuple, Union
 from .auth import AUTH_METHOD
 from .errors import CallTimeout, ConnectionClosed, FastRPCError, FrameTooLarge
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
+from .client import retry_delay
 from .protocol import ABSENT, ClientConnection
 
 __all__ = ["SyncClient"]
@@ -41,6 +43,13 @@ class _Batch:
         self.errors: List[Optional[BaseException]] = [None] * size
         self.left = size
         self.event: Optional[threading.Event] = None
+
+
+def _failed(size: int, error: BaseException) -> _Batch:
+    batch = _Batch(size)
+    batch.errors = [error] * size
+    batch.left = 0
+    return batch
 
 
 def _deliver(waiter: Tuple[_Batch, int], result: Any, error: Optional[BaseException]) -> None:
@@ -122,7 +131,9 @@ class SyncClient:
     forever); it covers sending and waiting for the reply. ``ids=False`` is
     the ordered mode for servers that answer without ids, in request order.
     Errors are those of the async client: ``RemoteError`` subclasses for
-    error replies, ``CallTimeout``, ``ConnectionClosed``.
+    error replies, ``CallTimeout``, ``ConnectionClosed``. ``retries`` and
+    ``idempotent`` work as with ``fastrpc.connect``: a lost connection is
+    replaced, and idempotent calls lost with it are sent again.
     """
 
     def __init__(
@@ -137,9 +148,137 @@ class SyncClient:
         token: Optional[str] = None,
         ssl: Optional[SSLContext] = None,
         server_hostname: Optional[str] = None,
+        retries: int = 0,
+        idempotent: Iterable[str] = (),
     ) -> None:
+        if retries < 0:
+            raise ValueError(f"retries must not be negative, got {retries!r}")
         self.timeout = timeout
-        self._core = ClientConnection(_deliver, ids=ids, max_frame_size=check_max_frame_size(max_frame_size))
+        self.retries = retries
+        self.idempotent = frozenset(idempotent)
+        self._dial = functools.partial(_Link, host, port, ids=ids, max_frame_size=check_max_frame_size(max_frame_size),
+                                       token=token, ssl=ssl, server_hostname=server_hostname)
+        self._connect_timeout = connect_timeout
+        self._link = self._dial(connect_timeout)
+        self._redial = threading.Lock()  # one thread replaces a lost connection; the others wait for it
+        self._closing = False
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is closed or lost."""
+        return self._link.closed is not None
+
+    def call(
+        self, method: str, params: Any = ABSENT, *, timeout: Optional[float] = ABSENT,
+        idempotent: Optional[bool] = None,
+    ) -> Any:
+        """Call ``method`` with ``params`` and return its result (see ``Client.call``)."""
+        batch = self._run([(method, params)], timeout, idempotent)
+        if batch.errors[0] is not None:
+            raise batch.errors[0]
+        return batch.results[0]
+
+    def call_many(
+        self,
+        calls: Iterable[Union[Tuple[str], Tuple[str, Any]]],
+        *,
+        timeout: Optional[float] = ABSENT,
+        return_exceptions: bool = False,
+        idempotent: Optional[bool] = None,
+    ) -> List[Any]:
+        """Send ``(method, params)`` calls in one write; return their results in order.
+
+        An entry of just ``(method,)`` sends no params. Every reply is waited for before anything is raised. If a call
+        failed, its exception is raised (the first in list order), unless
+        ``return_exceptions`` is true: failed calls then hold their exception
+        in the list, as with ``asyncio.gather``. ``timeout`` bounds the whole
+        batch. With ``retries``, the idempotent calls of the batch lost with a
+        connection are sent again, together.
+        """
+        batch = self._run([(call[0], call[1] if len(call) > 1 else ABSENT) for call in calls], timeout, idempotent)
+        errors = batch.errors
+        if not return_exceptions:
+            for error in errors:
+                if error is not None:
+                    raise error
+        return [result if error is None else error for result, error in zip(batch.results, errors)]
+
+    def close(self) -> None:
+        """Close the connection; calls still waiting fail with ConnectionClosed."""
+        self._closing = True
+        self._link.close()
+
+    def __enter__(self) -> "SyncClient":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def _run(self, calls: Sequence[Tuple[str, Any]], timeout: Optional[float], idempotent: Optional[bool]) -> _Batch:
+        """Run a batch on the connection; with ``retries``, replace a lost one and resend what may be resent."""
+        if timeout is ABSENT:
+            timeout = self.timeout
+        if not self.retries:
+            return self._link.run(calls, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        batch = _Batch(len(calls))
+        todo = list(range(len(calls)))  # the calls still to be made or to be made again
+        for attempt in range(self.retries + 1):
+            link = self._link
+            try:
+                if link.closed is not None:
+                    link = self._reconnect(link, deadline)
+            except ConnectionClosed as exc:
+                part, redo = _failed(len(todo), exc), todo  # none of them was sent: all may go again
+            else:
+                try:
+                    part = link.run([calls[i] for i in todo], _remaining(deadline))
+                except ConnectionClosed as exc:  # some may have gone out before the connection broke
+                    part = _failed(len(todo), exc)
+                redo = [i for i, error in zip(todo, part.errors) if isinstance(error, ConnectionClosed)
+                        and (idempotent or (idempotent is None and calls[i][0] in self.idempotent))]
+            for i, result, error in zip(todo, part.results, part.errors):
+                batch.results[i], batch.errors[i] = result, error
+            if not redo or attempt == self.retries or self._closing:
+                break
+            todo = redo
+            delay = retry_delay(attempt)
+            if deadline is not None and time.monotonic() + delay >= deadline:
+                break
+            time.sleep(delay)
+        batch.left = 0
+        return batch
+
+    def _reconnect(self, lost: "_Link", deadline: Optional[float]) -> "_Link":
+        with self._redial:
+            if self._link is lost and not self._closing:
+                timeout = self._connect_timeout
+                if deadline is not None:
+                    timeout = _remaining(deadline) if timeout is None else min(timeout, _remaining(deadline))
+                self._link = self._dial(timeout)
+                lost.close()
+            link = self._link
+        if link.closed is not None:
+            raise ConnectionClosed(link.closed)
+        return link
+
+
+class _Link:
+    """One connection and its core: the calls of many threads multiplexed on one socket."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        connect_timeout: Optional[float],
+        *,
+        ids: bool,
+        max_frame_size: int,
+        token: Optional[str],
+        ssl: Optional[SSLContext],
+        server_hostname: Optional[str],
+    ) -> None:
+        self._core = ClientConnection(_deliver, ids=ids, max_frame_size=max_frame_size)
         try:
             sock = socket.create_connection((host, port), timeout=connect_timeout)
         except socket.timeout:
@@ -162,51 +301,14 @@ class SyncClient:
         self._state = threading.Lock()  # guards the core's call table and the fields below
         self._reading = False  # a thread is reading for everyone
         self._waiting: Set[_Batch] = set()  # batches whose threads sleep while another reads
-        self._closed: Optional[str] = None  # why the connection is unusable
+        self.closed: Optional[str] = None  # why the connection is unusable
         if token is not None:
-            try:
-                self.call(AUTH_METHOD, token, timeout=connect_timeout)
-            except BaseException:
+            batch = self.run([(AUTH_METHOD, token)], connect_timeout)
+            if batch.errors[0] is not None:
                 self.close()
-                raise
-
-    @property
-    def closed(self) -> bool:
-        """True once the connection is closed or lost."""
-        return self._closed is not None
-
-    def call(self, method: str, params: Any = ABSENT, *, timeout: Optional[float] = ABSENT) -> Any:
-        """Call ``method`` with ``params`` and return its result (see ``Client.call``)."""
-        batch = self._run([(method, params)], timeout)
-        if batch.errors[0] is not None:
-            raise batch.errors[0]
-        return batch.results[0]
-
-    def call_many(
-        self,
-        calls: Iterable[Union[Tuple[str], Tuple[str, Any]]],
-        *,
-        timeout: Optional[float] = ABSENT,
-        return_exceptions: bool = False,
-    ) -> List[Any]:
-        """Send ``(method, params)`` calls in one write; return their results in order.
-
-        An entry of just ``(method,)`` sends no params. Every reply is waited for before anything is raised. If a call
-        failed, its exception is raised (the first in list order), unless
-        ``return_exceptions`` is true: failed calls then hold their exception
-        in the list, as with ``asyncio.gather``. ``timeout`` bounds the whole
-        batch.
-        """
-        batch = self._run([(call[0], call[1] if len(call) > 1 else ABSENT) for call in calls], timeout)
-        errors = batch.errors
-        if not return_exceptions:
-            for error in errors:
-                if error is not None:
-                    raise error
-        return [result if error is None else error for result, error in zip(batch.results, errors)]
+                raise batch.errors[0]
 
     def close(self) -> None:
-        """Close the connection; calls still waiting fail with ConnectionClosed."""
         self._lost(None)
         # Readers and senders wake up on the shut-down socket; close the
         # descriptor only once neither uses it.
@@ -216,17 +318,8 @@ class SyncClient:
         with self._send_lock:
             self._sock.close()
 
-    def __enter__(self) -> "SyncClient":
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
-
-    # -- the machinery ---------------------------------------------------------
-
-    def _run(self, calls: Sequence[Tuple[str, Any]], timeout: Optional[float]) -> _Batch:
-        if timeout is ABSENT:
-            timeout = self.timeout
+    def run(self, calls: Sequence[Tuple[str, Any]], timeout: Optional[float]) -> _Batch:
+        """Send ``calls`` and wait for all their outcomes, within ``timeout``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         batch = _Batch(len(calls))
         keys = self._send(calls, batch, deadline)
@@ -246,8 +339,8 @@ class SyncClient:
         core = self._core
         with self._send_lock:
             with self._state:
-                if self._closed is not None:
-                    raise ConnectionClosed(self._closed)
+                if self.closed is not None:
+                    raise ConnectionClosed(self.closed)
                 keys: List[int] = []
                 try:
                     left = _remaining(deadline)
@@ -270,7 +363,7 @@ class SyncClient:
                     pass
                 except OSError as exc:
                     self._lost(exc)
-                    raise ConnectionClosed(self._closed) from exc
+                    raise ConnectionClosed(self.closed) from exc
                 if view and not select.select([], [self._sock], [], _remaining(deadline))[1]:
                     if len(view) < len(data):
                         # Half a frame is on the wire: the stream cannot be resynchronised.
@@ -319,7 +412,7 @@ class SyncClient:
         core = self._core
         sock = self._sock
         while batch.left:
-            if self._closed is not None:
+            if self.closed is not None:
                 return True  # the core failed every pending call
             if not select.select([sock], [], [], _remaining(deadline))[0]:
                 return False
@@ -351,9 +444,9 @@ class SyncClient:
     def _lost(self, cause: Optional[BaseException]) -> None:
         """The connection is unusable: fail every pending call, naming ``cause``."""
         with self._state:
-            if self._closed is not None:
+            if self.closed is not None:
                 return
-            self._closed = "connection closed" + (f": {cause}" if cause else "")
+            self.closed = "connection closed" + (f": {cause}" if cause else "")
             try:
                 self._sock.shutdown(socket.SHUT_RDWR)
             except OSError:
