@@ -1,27 +1,105 @@
-"""Builds the one C extension, fastrpc._framing, from its Cython source.
+"""Builds fastrpc and its one C extension, fastrpc._framing, from Cython source.
 
-FASTRPC_DEBUG_BUILD=1 compiles with line tracing and writes Cython's HTML
-annotation next to the source; release builds carry neither.
+Build switches, read from the environment:
+
+- ``FASTRPC_PURE_PYTHON=1``: leave the extension out. The result is a ``py3-none-any`` wheel that runs
+  the pure-Python frame splitter (``fastrpc.framing.IMPLEMENTATION == "python"``), for platforms with
+  no C compiler. Without the switch a build that cannot compile fails, naming the switch: a source
+  install never falls back to the slow splitter in silence.
+- ``FASTRPC_DEBUG_BUILD=1``: ``-O0 -g``, Cython line tracing, and Cython's HTML annotation written
+  next to the source.
+
+Release builds carry no debug information: ``-g0`` overrides the ``-g`` that CPython's own CFLAGS
+bring, and the linker drops the symbol tables (the extension needs only its dynamic symbols).
 """
 
+from __future__ import annotations
+
 import os
+import sys
+from typing import List
 
-from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+from setuptools.errors import CCompilerError, ExecError, PlatformError
 
-debug = os.environ.get("FASTRPC_DEBUG_BUILD", "") not in ("", "0")
+PURE_SWITCH = "FASTRPC_PURE_PYTHON"
+DEBUG_SWITCH = "FASTRPC_DEBUG_BUILD"
 
-extension = Extension(
-    "fastrpc._framing",
-    ["fastrpc/_framing.pyx"],
-    define_macros=[("CYTHON_TRACE", "1")] if debug else [],
-    extra_compile_args=["-O0", "-g"] if debug else ["-O2"],
-)
 
-setup(
-    ext_modules=cythonize(
-        [extension],
-        annotate=debug,
-        compiler_directives={"linetrace": debug, "language_level": 3},
-    ),
-)
+def switched_on(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+PURE = switched_on(PURE_SWITCH)
+DEBUG = switched_on(DEBUG_SWITCH)
+
+COULD_NOT_BUILD = f"""
+************************************************************************
+fastrpc: could not build its C extension fastrpc._framing:
+    {{reason}}
+Building fastrpc from source needs a C compiler and the Python headers
+(pip fetches Cython itself). Install them and try again, or install the
+pure-Python build, which runs the same code with a slower frame splitter:
+    {PURE_SWITCH}=1 pip install --no-cache-dir --no-binary fastrpc fastrpc
+************************************************************************
+"""
+
+
+def flags(compiler_type: str) -> "tuple[List[str], List[str]]":
+    """Compile and link arguments for this compiler: release (stripped) or debug."""
+    if compiler_type == "msvc":
+        # MSVC keeps debug information in a separate .pdb, and only when asked to.
+        return (["/Od", "/Zi"], ["/DEBUG"]) if DEBUG else (["/O2"], [])
+    if DEBUG:
+        return ["-O0", "-g"], []
+    # -g0 comes after CPython's CFLAGS on the command line, so it wins over their -g.
+    # Apple's linker spells "strip" -S; GNU ld and lld take -s.
+    strip = ["-Wl,-S"] if sys.platform == "darwin" else ["-s"]
+    return ["-O2", "-g0"], strip
+
+
+class BuildExt(build_ext):
+    """Cythonizes at build time (so that only a build needs Cython) and fails loudly when it cannot compile."""
+
+    def run(self) -> None:
+        try:
+            from Cython.Build import cythonize
+        except ImportError as exc:
+            raise SystemExit(COULD_NOT_BUILD.format(reason=f"Cython is not installed ({exc})")) from None
+        generated = cythonize(
+            self.extensions,
+            annotate=DEBUG,
+            compiler_directives={"language_level": 3, "linetrace": DEBUG},
+        )
+        # Keep setuptools' own Extension objects (finalize_options prepared them); take the C sources.
+        c_sources = {extension.name: extension.sources for extension in generated}
+        for extension in self.extensions:
+            extension.sources = c_sources[extension.name]
+        try:
+            super().run()
+        except (CCompilerError, ExecError, PlatformError) as exc:
+            # Compiler missing or failing: stop here; never carry on without the extension.
+            raise SystemExit(COULD_NOT_BUILD.format(reason=exc)) from None
+
+    def build_extensions(self) -> None:
+        compile_args, link_args = flags(self.compiler.compiler_type)
+        for extension in self.extensions:
+            extension.extra_compile_args = compile_args + extension.extra_compile_args
+            extension.extra_link_args = link_args + extension.extra_link_args
+        super().build_extensions()
+
+
+def extensions() -> List[Extension]:
+    if PURE:
+        return []
+    return [
+        Extension(
+            "fastrpc._framing",
+            ["fastrpc/_framing.pyx"],
+            define_macros=[("CYTHON_TRACE", "1")] if DEBUG else [],
+        )
+    ]
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})
