@@ -159,8 +159,11 @@ class Server:
         if self._server is not None:
             raise RuntimeError("server is already started")
         loop = asyncio.get_running_loop()
+        # A TLS handshake is held to the frame timeout too: a client that never
+        # finishes one holds a socket that does not count as a connection yet.
+        handshake = {} if ssl is None or self.frame_timeout is None else {"ssl_handshake_timeout": self.frame_timeout}
         self._server = await loop.create_server(
-            lambda: _Connection(self), host, port, ssl=ssl, reuse_port=reuse_port or None, backlog=backlog
+            lambda: _Connection(self), host, port, ssl=ssl, reuse_port=reuse_port or None, backlog=backlog, **handshake
         )
         for address in self.addresses:
             log.info("fastrpc listening on %s:%s%s", address[0], address[1], " (TLS)" if ssl is not None else "")

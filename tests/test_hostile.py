@@ -4,7 +4,10 @@ same server is served before, during and after every one of them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import struct
+import time
 from typing import Any, Awaitable, Callable, Dict, List
 
 import orjson
@@ -36,7 +39,11 @@ async def still_serving(raw: RawConnection) -> None:
 
 
 async def closed(raw: RawConnection) -> bool:
-    return await asyncio.wait_for(raw.at_eof(), 5)
+    """True once the server has closed the connection, with a FIN or, where bytes it never read were left, a reset."""
+    try:
+        return await asyncio.wait_for(raw.at_eof(), 5)
+    except ConnectionResetError:
+        return True
 
 
 Case = Callable[[RawConnection, int], Awaitable[None]]
@@ -238,6 +245,97 @@ async def _connection_flood(raw: RawConnection, port: int) -> None:
         other.writer.transport.abort()
 
 
+@case("a request over the size limit, body and all")
+async def _over_limit(raw: RawConnection, port: int) -> None:
+    raw.writer.write(struct.pack(">I", 2 << 20) + b"x" * (2 << 20))  # not drained: the server stops reading at the header
+    assert await code_of(raw) == -32000 and await closed(raw)
+
+
+@case("a reset in the middle of a large reply")
+async def _reset_mid_reply(raw: RawConnection, port: int) -> None:
+    await raw.send(request(**{"in": "grow", "params": [900_000], "id": 1}))
+    await asyncio.wait_for(raw.reader.readexactly(1000), 5)  # the reply has started
+    sock = raw.writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    raw.writer.transport.abort()  # a reset, with most of the reply unread
+
+
+@case("a TLS ClientHello at the plain port")
+async def _tls_at_plain(raw: RawConnection, port: int) -> None:
+    await raw.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32))  # its first bytes read as a 369 MB header
+    assert await code_of(raw) == -32000 and await closed(raw)
+
+
+@case("an HTTP request at the plain port")
+async def _http(raw: RawConnection, port: int) -> None:
+    await raw.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # "GET " reads as a 1.2 GB header
+    assert await code_of(raw) == -32000 and await closed(raw)
+
+
+@case("strings and numbers JSON does not allow")
+async def _not_json(raw: RawConnection, port: int) -> None:
+    for value in (b'"\\ud800"', b"NaN", b"Infinity", b"'single'", b"0x10", b"[1,]"):
+        await raw.send(frame(b'{"in": "echo", "params": [' + value + b'], "id": 1}'))
+        assert await code_of(raw) == -32700
+    await still_serving(raw)
+
+
+@case("duplicate keys: the last one counts")
+async def _duplicate_keys(raw: RawConnection, port: int) -> None:
+    await raw.send(frame(b'{"in": "nope", "params": [1], "in": "echo", "id": 1, "id": 2}'))
+    assert await replies(raw, 1) == [{"out": "echo", "result": [1], "id": 2}]
+
+
+@case("cancels aimed at other connections' ids")
+async def _cancel_others(raw: RawConnection, port: int) -> None:
+    await raw.send(b"".join(frame(b'{"cancel": %d}' % n) for n in range(5000)))
+    await still_serving(raw)  # the well-behaved client's calls, with ids in that range, are untouched
+
+
+@case("thousands of slow calls pipelined, past the in-flight limit")
+async def _past_in_flight(raw: RawConnection, port: int) -> None:
+    await raw.send(b"".join(request(**{"in": "nap", "params": [0.01, n], "id": n}) for n in range(3000)))
+    got = await replies(raw, 3000)
+    assert sorted(reply["result"] for reply in got) == list(range(3000))
+
+
+@case("a sender that trickles a frame slower than the frame timeout")
+async def _trickle(raw: RawConnection, port: int) -> None:
+    data = request(**{"in": "echo", "params": ["t" * 50], "id": 1})
+    answer = asyncio.ensure_future(code_of(raw))  # read while sending: a reset must not hide the answer
+    for i in range(40):  # a byte every 50 ms: never a whole frame, always some progress
+        if answer.done():
+            break
+        with contextlib.suppress(ConnectionError):
+            await raw.send(data[i:i + 1])
+        await asyncio.sleep(0.05)
+    assert await answer == -32003 and await closed(raw)
+
+
+@case("a handler that hangs past its deadline")
+async def _hangs(raw: RawConnection, port: int) -> None:
+    await raw.send(request(**{"in": "nap", "params": [30, "late"], "id": 1, "deadline": 100}))
+    assert await code_of(raw) == -32003
+    await still_serving(raw)
+
+
+@case("a handler that blocks the event loop")
+async def _blocks(raw: RawConnection, port: int) -> None:
+    await raw.send(request(**{"in": "block", "params": [0.3], "id": 1}))
+    assert await replies(raw, 1) == [{"out": "block", "result": 0.3, "id": 1}]
+    await still_serving(raw)
+
+
+@case("a handler whose result JSON cannot encode")
+async def _unencodable(raw: RawConnection, port: int) -> None:
+    for kind in ("object", "set", "bigint", "intkeys"):
+        await raw.send(request(**{"in": "unencodable", "params": [kind], "id": kind}))
+        [reply] = await replies(raw, 1)
+        assert reply["id"] == kind and reply["error"]["code"] == -32603
+        assert "not JSON serializable" in reply["error"]["message"]
+    await still_serving(raw)
+
+
 LIMIT = 20
 
 
@@ -249,6 +347,15 @@ def test_hostile_client(run: Any, name: str) -> None:
         @server.method
         def grow(n: int) -> str:
             return "g" * n
+
+        @server.method
+        def block(seconds: float) -> float:
+            time.sleep(seconds)  # holds the whole event loop up
+            return seconds
+
+        @server.method
+        def unencodable(kind: str) -> Any:
+            return {"object": object(), "set": {1}, "bigint": 1 << 70, "intkeys": {1: 2}}[kind]
 
         async with serving(server) as port, fastrpc.connect("127.0.0.1", port, timeout=10) as good:
             assert await good.call("add", [1, 2]) == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import ssl
 import subprocess
@@ -16,7 +17,7 @@ import trustme
 import fastrpc
 from fastrpc.tls import client_context, server_context
 
-from .conftest import demo_server, free_port, serve, serving_in_thread
+from .conftest import RawConnection, demo_server, free_port, serve, serving_in_thread
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +158,25 @@ def test_sync_client_tls(files: dict) -> None:
         with pytest.raises(fastrpc.ConnectionClosed):
             with fastrpc.SyncClient("127.0.0.1", port, ssl=client_context(files["ca"]), timeout=5) as bare:
                 bare.call("ping")  # no client certificate: refused at the handshake or the first exchange
+
+
+def test_tls_handshake_that_never_finishes(run: Any, files: dict) -> None:
+    """Half a ClientHello, then silence: dropped after the frame timeout while a real client is served."""
+    async def main() -> None:
+        server = demo_server(frame_timeout=0.3)
+        await server.start("127.0.0.1", 0, ssl=server_context(files["cert"], files["key"]))
+        try:
+            stalled = [await RawConnection.open(server.port) for _ in range(5)]
+            for raw in stalled:
+                await raw.send(b"\x16\x03\x01\x02\x00\x01")  # a record header announcing 512 bytes, and 1 of them
+            async with fastrpc.connect("127.0.0.1", server.port, ssl=client_context(files["ca"])) as client:
+                assert await client.call("add", [1, 2]) == 3
+                for raw in stalled:
+                    assert await asyncio.wait_for(raw.reader.read(100), 5) == b""  # closed, not held for 60 s
+                    await raw.close()
+                assert await client.call("add", [2, 2]) == 4
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main())
