@@ -258,7 +258,7 @@ class ServerConnection:
                 result = func()
             else:
                 result = func(params)
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit and KeyboardInterrupt too: a handler's fault, not the server's
             return self._reply(rid, self._error_body(method, params, exc, rid))
         if method.is_async:
             deadline = request.get("deadline")  # only a call that waits can be given up on

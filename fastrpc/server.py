@@ -446,8 +446,6 @@ class _Connection(asyncio.BufferedProtocol):
             _DEADLINE.set(self._loop.time() + call.deadline)  # this task's own context
         try:
             result = await call.coro
-        except Exception as exc:
-            self._core.fail(call, exc)
         except asyncio.CancelledError:
             reason = self._stopped.get(call)
             if reason is None:
@@ -456,6 +454,8 @@ class _Connection(asyncio.BufferedProtocol):
                 reason = ShuttingDown("the server shut down before the call finished")
             if reason is not _NO_REPLY:
                 self._core.fail(call, reason)
+        except BaseException as exc:  # SystemExit and KeyboardInterrupt too: a handler's fault, not the server's
+            self._core.fail(call, exc)
         else:
             self._core.complete(call, result)
         finally:

@@ -167,6 +167,15 @@ async def _raises(raw: RawConnection, port: int) -> None:
     await still_serving(raw)
 
 
+@case("a handler that raises SystemExit or KeyboardInterrupt")
+async def _raises_base(raw: RawConnection, port: int) -> None:
+    for method in ("exit", "interrupt"):
+        await raw.send(request(**{"in": method, "id": method}))
+        [reply] = await replies(raw, 1)
+        assert reply["id"] == method and reply["error"]["code"] == -32603
+    await still_serving(raw)
+
+
 @case("a bad deadline")
 async def _bad_deadline(raw: RawConnection, port: int) -> None:
     for deadline in (-1, "soon", [5]):
@@ -352,6 +361,14 @@ def test_hostile_client(run: Any, name: str) -> None:
         def block(seconds: float) -> float:
             time.sleep(seconds)  # holds the whole event loop up
             return seconds
+
+        @server.method
+        def exit() -> None:
+            raise SystemExit(3)
+
+        @server.method
+        async def interrupt() -> None:
+            raise KeyboardInterrupt
 
         @server.method
         def unencodable(kind: str) -> Any:
