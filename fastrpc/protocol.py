@@ -307,7 +307,7 @@ class ServerConnection:
 
     def fail(self, call: Call, exc: BaseException) -> None:
         """An async handler raised ``exc``."""
-        self._settle(call, self._error_body(call.method, call.params, exc, call.id))
+        self._settle(call, self._fit(self._error_body(call.method, call.params, exc, call.id), call.id))
 
     def _settle(self, call: Call, body: bytes) -> None:
         slot = call.slot
@@ -320,6 +320,7 @@ class ServerConnection:
             self._out.append(slots.popleft()[0])  # type: ignore[arg-type]
 
     def _reply(self, rid: Optional[Id], body: bytes) -> None:
+        body = self._fit(body, rid)
         # Id-less replies keep arrival order behind any still owed.
         if rid is None and self._slots:
             self._slots.append([body])
@@ -335,18 +336,27 @@ class ServerConnection:
             body = method.prefix + encoded + b"}"
         else:
             body = b"".join((method.prefix, encoded, _ID_PART, _dumps(rid), b"}"))
-        if len(body) > self._max_frame_size:
-            return encode_error(
-                ErrorCode.FRAME_TOO_LARGE,
-                f"response of {len(body)} bytes exceeds the maximum frame size of {self._max_frame_size} bytes",
-                None,
-                rid,
-            )
+        if len(body) > self._max_frame_size:  # checked here, not by a call: this is the hot path
+            return self._fit(body, rid)
         return body
+
+    def _fit(self, body: bytes, rid: Optional[Id]) -> bytes:
+        """``body``, or the -32000 error that replaces a response over the maximum frame size (section 1)."""
+        if len(body) <= self._max_frame_size:
+            return body
+        return encode_error(
+            ErrorCode.FRAME_TOO_LARGE,
+            f"response of {len(body)} bytes exceeds the maximum frame size of {self._max_frame_size} bytes",
+            None,
+            rid,
+        )
 
     def _error_body(self, method: Method, params: Any, exc: BaseException, rid: Optional[Id]) -> bytes:
         if isinstance(exc, RemoteError):
-            return encode_error(exc.code, exc.message, exc.data, rid)
+            try:
+                return encode_error(exc.code, exc.message, exc.data, rid)
+            except TypeError as error:  # data orjson cannot write (orjson.JSONEncodeError is a TypeError)
+                return encode_error(ErrorCode.INTERNAL_ERROR, f"error raised by {method.name!r} cannot be encoded: {error}", None, rid)
         if isinstance(exc, TypeError) and not method.raw_params:
             reason = _bind_error(method.func, params)
             if reason is not None:
