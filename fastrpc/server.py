@@ -31,6 +31,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: requests still on their way before it closes (they get the shutting-down error).
 LINGER = 0.1
 
+#: Seconds a connection hung up on after an error frame (frame too large, busy,
+#: too slow, failed authentication) stays half-closed before its socket closes:
+#: closing at once, with requests unread in it, sends a reset, and a reset can
+#: make the peer's kernel drop the error frame before the peer has read it.
+HANG_UP_LINGER = 1.0
+
 
 def _ping(params: Any = None) -> Any:
     """Built-in health check: answers ``pong`` with the params it was sent."""
@@ -84,6 +90,7 @@ class Server:
         self.middleware: List[Middleware] = []
         self._server: Optional[asyncio.AbstractServer] = None
         self._connections: Set[_Connection] = set()
+        self._hung_up = 0  # connections among them only waiting to close: not counted against max_connections
         self._closing = False
         self._all_closed: Optional[asyncio.Event] = None  # set once closing and no connection is left
         self._grace_timer: Optional[asyncio.TimerHandle] = None
@@ -273,6 +280,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._eof = False
         self._draining = False  # the server is stopping
         self._linger: Optional[asyncio.TimerHandle] = None
+        self._ending = False  # hung up: nothing more is read or written
         self._max_in_flight = server.max_in_flight
         self._writing_paused = False  # the transport's write buffer is above its high-water mark
         self._reading_paused = False
@@ -290,7 +298,7 @@ class _Connection(asyncio.BufferedProtocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._peer = transport.get_extra_info("peername")
         limit = self._server.max_connections
-        if limit is not None and len(self._server._connections) >= limit:
+        if limit is not None and len(self._server._connections) - self._server._hung_up >= limit:
             log.warning("refused a connection from %s: at the limit of %d connections", self._peer, limit)
             self._hang_up(ErrorCode.SERVER_BUSY, f"server busy: it has its maximum of {limit} connections")
             return
@@ -317,7 +325,7 @@ class _Connection(asyncio.BufferedProtocol):
         if data:
             self._transport.write(data)
         if core.closing:
-            self._transport.close()
+            self._end()
         elif self._draining:
             self._close_when_quiet()
 
@@ -329,6 +337,8 @@ class _Connection(asyncio.BufferedProtocol):
         return bool(self._tasks)
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
+        if self._ending and self in self._server._connections:
+            self._server._hung_up -= 1
         if self._linger is not None:
             self._linger.cancel()
         for task in self._tasks.values():
@@ -338,18 +348,37 @@ class _Connection(asyncio.BufferedProtocol):
 
     def _auth_failed(self) -> None:
         log.warning("connection from %s failed to authenticate; closing", self._peer)
-        self._loop.call_soon(self._transport.close)  # after the refusal is written
+        self._loop.call_soon(self._end)  # after the refusal is written
 
     def _hang_up(self, code: int, message: str) -> None:
         """Send one error frame, then close."""
         self._transport.write(pack_frames([encode_error(code, message)]))
-        self._transport.close()
+        self._end()
+
+    def _end(self) -> None:
+        """Close after the data written so far: a FIN follows it at once, the socket closes HANG_UP_LINGER later."""
+        transport = self._transport
+        if self._ending or transport.is_closing():
+            return
+        self._ending = True
+        if self in self._server._connections:
+            self._server._hung_up += 1
+        for task in self._tasks.values():
+            task.cancel()  # their replies could not be sent
+        if not transport.can_write_eof():  # TLS: a close_notify follows the data
+            transport.close()
+            return
+        transport.write_eof()
+        transport.pause_reading()
+        if self._linger is not None:
+            self._linger.cancel()
+        self._linger = self._loop.call_later(HANG_UP_LINGER, transport.close)
 
     # -- timeouts ----------------------------------------------------------------------
 
     def watch(self, now: float) -> None:
         """Called by the server's watchdog: cut off a frame that arrives too slowly, close an idle connection."""
-        if self._transport.is_closing():
+        if self._ending or self._transport.is_closing():
             return
         server = self._server
         frames, buffered = progress = self._core.progress
@@ -385,7 +414,7 @@ class _Connection(asyncio.BufferedProtocol):
     def _update_reading(self) -> None:
         """Read only while the peer takes its replies and calls in flight are under the limit."""
         pause = self._writing_paused or len(self._tasks) >= self._max_in_flight
-        if pause != self._reading_paused and not self._transport.is_closing():
+        if pause != self._reading_paused and not (self._ending or self._transport.is_closing()):
             self._reading_paused = pause
             if pause:
                 self._transport.pause_reading()
@@ -408,6 +437,8 @@ class _Connection(asyncio.BufferedProtocol):
     def _close_when_quiet(self) -> None:
         # Requests may still be on their way: closing the moment the last
         # reply is written would lose them. Wait LINGER after the last read.
+        if self._ending:
+            return  # hung up already: its own timer closes it
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
@@ -463,14 +494,14 @@ class _Connection(asyncio.BufferedProtocol):
             self._stopped.pop(call, None)
             if timer is not None:
                 timer.cancel()
-        if self._reading_paused and not self._writing_paused and not self._transport.is_closing():
+        if self._reading_paused and not self._writing_paused and not (self._ending or self._transport.is_closing()):
             # A call ended: take up the frames held while at the limit, then read again if still under it.
             core = self._core
             data = core.buffer_updated(0)
             if data:
                 self._transport.write(data)
             if core.closing:
-                self._transport.close()
+                self._end()
             else:
                 self._update_reading()
         # Replies finished by tasks in one loop iteration leave in one write.
@@ -480,7 +511,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._transport.is_closing():
+        if self._ending or self._transport.is_closing():
             return
         data = self._core.data_to_send()
         if data:
