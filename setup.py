@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import List
+from typing import List, Tuple
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -46,11 +46,11 @@ pure-Python build, which runs the same code with a slower frame splitter:
 """
 
 
-def flags(compiler_type: str) -> "tuple[List[str], List[str]]":
+def flags(compiler_type: str) -> Tuple[List[str], List[str]]:
     """Compile and link arguments for this compiler: release (stripped) or debug."""
     if compiler_type == "msvc":
-        # MSVC keeps debug information in a separate .pdb, and only when asked to.
-        return (["/Od", "/Zi"], ["/DEBUG"]) if DEBUG else (["/O2"], [])
+        # MSVC's release defaults (/O2, no /Zi, no /DEBUG) write no debug information at all.
+        return (["/Od", "/Zi"], ["/DEBUG"]) if DEBUG else ([], [])
     if DEBUG:
         return ["-O0", "-g"], []
     # -g0 comes after CPython's CFLAGS on the command line, so it wins over their -g.
