@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Dict, List, Tuple
 
 import orjson
@@ -20,7 +21,8 @@ from fastrpc.limits import PROBE_REPLY
 from fastrpc.protocol import ABSENT, ClientConnection, Method, ServerConnection
 
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+#: FASTRPC_PROPERTY_EXAMPLES=N makes a longer run than the 150 examples per test of CI.
+SETTINGS = settings(max_examples=int(os.environ.get("FASTRPC_PROPERTY_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def methods() -> Dict[str, Method]:
