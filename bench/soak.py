@@ -30,8 +30,15 @@ MiB above the baseline while Python's own object and block counts stay flat
 and ``malloc_trim(0)`` in the server gives all of it back. So the connections
 soak allows 24 MiB: over a million cycles a leak would have to stay under 25
 bytes a cycle, less than one small Python object (a connection's own state is
-kilobytes). ``rss_late_min`` (the lowest sample of the last quarter) helps
-tell the two apart: retention comes and goes, a leak raises the floor.
+kilobytes). ``rss_late_min_kib`` (the lowest sample of the last quarter)
+helps tell the two apart: retention comes and goes, a leak raises the floor.
+
+Three of the four cycle endings leave the client's side in TIME_WAIT. On
+loopback Linux lets a new connection reuse such a port
+(``net.ipv4.tcp_tw_reuse`` = 2, the default), which is what carries a million
+cycles through some 28,000 ephemeral ports; with it off, expect connect
+errors (EADDRNOTAVAIL) once they run out. The connections soak records the
+setting.
 
     python bench/soak.py requests --count 20000000
     python bench/soak.py connections --count 1000000
@@ -210,7 +217,8 @@ def finish(soak: str, count: int, done: int, errors: int, seconds: float, warmup
         rate=done / seconds if seconds > 0 else 0.0, warmup=warmup, held=held,
         rss_start_kib=start.rss_kib, rss_warm_kib=warm.rss_kib,
         rss_min_kib=min(s.rss_kib for s in after),
-        rss_late_min_kib=min(s.rss_kib for s in after[len(after) * 3 // 4:]), rss_peak_kib=max(s.rss_kib for s in after),
+        rss_late_min_kib=min(s.rss_kib for s in after[len(after) * 3 // 4:]),
+        rss_peak_kib=max(s.rss_kib for s in after),
         rss_end_kib=end.rss_kib, growth_kib=end.rss_kib - warm.rss_kib, bound_kib=round(bound_mib * 1024),
         fds_start=start.fds, fds_peak=max(s.fds for s in after), fds_end=end.fds,
         samples=[(round(s.seconds, 2), s.done, s.rss_kib, s.fds) for s in after],
@@ -351,6 +359,14 @@ class _Cycle(asyncio.Protocol):
             self.done.set_result(problem)
 
 
+def _sysctl(name: str) -> Optional[str]:
+    try:
+        with open(f"/proc/sys/{name}") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
 class _Cycler:
     """Runs ``total`` cycles with ``concurrency`` of them at once, counting outcomes."""
 
@@ -430,7 +446,8 @@ async def soak_connections(pid: int, port: int, count: int, warmup: int, concurr
     outcome = finish("connections", count, cycler.done, cycler.errors, seconds, warmup, concurrency, start, warm,
                      end, sampler, bound_mib)
     outcome.error_samples = cycler.error_samples
-    outcome.details = {"concurrency": concurrency, "kinds": dict(cycler.by_kind), "warmup_errors": warm_errors}
+    outcome.details = {"concurrency": concurrency, "kinds": dict(cycler.by_kind), "warmup_errors": warm_errors,
+                       "tcp_tw_reuse": _sysctl("net/ipv4/tcp_tw_reuse")}
     if warm_errors:
         outcome.failures.append(f"{warm_errors} errors in the warm-up")
         outcome.passed = False
@@ -562,7 +579,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     soaks = ["requests", "connections"] if args.soak == "all" else [args.soak]
     outcomes = [run_soak(soak, args, cpus) for soak in soaks]
     if args.json:
-        print(json.dumps({"machine": machine(), "argv": sys.argv[1:], "pinned": None if cpus is None else {"server": SERVER_CPU, "load": LOAD_CPU},
+        pinned = None if cpus is None else {"server": SERVER_CPU, "load": LOAD_CPU}
+        print(json.dumps({"machine": machine(), "argv": sys.argv[1:], "pinned": pinned,
                           "soaks": [asdict(o) for o in outcomes]}, indent=1))
     else:
         print("\n".join(format_outcome(o) for o in outcomes))
