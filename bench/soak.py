@@ -22,8 +22,9 @@ baseline.
 
 The bounds (``--bound-mib``) are per soak, sized to what RSS does without
 any leak. Under pipelined requests it is flat (about 100 KiB above the
-baseline at the end of 20 million), so the requests soak allows 4 MiB: a leak would have to stay under 0.21 bytes a
-request to fit in it over 20 million. Connection churn is another matter:
+baseline at the end of 20 million), so the requests soak allows 4 MiB: a
+leak would have to stay under 0.21 bytes a request to fit in it over 20
+million. Connection churn is another matter:
 glibc's main heap keeps memory freed by closed connections resident
 (fragmented, its top pinned), and the server's RSS swings by up to about 14
 MiB above the baseline while Python's own object and block counts stay flat
