@@ -288,4 +288,7 @@ def test_one_input(data: bytes) -> None:
 
 
 if __name__ == "__main__":
+    names = ", ".join(impl.__name__ for impl in IMPLEMENTATIONS)
+    print(f"fuzz_framing: checking {names} against the model" + ("" if _framing_c else " (the extension is not built)"),
+          file=sys.stderr)
     fuzz(__name__, test_one_input, sys.argv)
