@@ -12,7 +12,7 @@ import functools
 import socket
 from collections import deque
 from ssl import SSLContext
-from typing import Any, Awaitable, Callable, Deque, Generator, Iterable, Optional
+from typing import Any, Awaitable, Callable, Deque, FrozenSet, Generator, Iterable, Optional
 
 from .auth import AUTH_METHOD
 from .errors import CallTimeout, ConnectionClosed, FastRPCError
@@ -147,7 +147,7 @@ class Client:
         """
         if timeout is ABSENT:
             timeout = self.timeout
-        if self.retries and (idempotent or (idempotent is None and method in self.idempotent)):
+        if self.retries and resendable(method, idempotent, self.idempotent):
             return await self._call_retrying(method, params, timeout)
         protocol = self._protocol
         if protocol.closed.done() and self.retries and not self._closing:
@@ -263,6 +263,17 @@ def _expire(future: "asyncio.Future[Any]", method: str, timeout: float) -> None:
         future.set_exception(CallTimeout(f"call to {method!r} timed out after {timeout} s"))
 
 
+def check_retries(retries: int) -> int:
+    if retries < 0:
+        raise ValueError(f"retries must not be negative, got {retries!r}")
+    return retries
+
+
+def resendable(method: str, idempotent: Optional[bool], idempotent_methods: FrozenSet[str]) -> bool:
+    """Whether a call lost with its connection may be sent again: ``idempotent`` given for the call, else its method's."""
+    return idempotent if idempotent is not None else method in idempotent_methods
+
+
 def retry_delay(attempt: int) -> float:
     """Seconds to wait before resending a call whose connection was lost ``attempt + 1`` times.
 
@@ -348,12 +359,10 @@ class connect:
     ) -> None:
         if max_pending < 1:
             raise ValueError(f"max_pending must be at least 1, got {max_pending!r}")
-        if retries < 0:
-            raise ValueError(f"retries must not be negative, got {retries!r}")
         dial = functools.partial(_dial, host, port, ids=ids, max_frame_size=check_max_frame_size(max_frame_size),
                                  connect_timeout=connect_timeout, ssl=ssl, server_hostname=server_hostname,
                                  token=token, max_pending=max_pending)
-        self._coro = self._open(dial, timeout, retries, idempotent)
+        self._coro = self._open(dial, timeout, check_retries(retries), idempotent)
         self._client: Optional[Client] = None
 
     @staticmethod

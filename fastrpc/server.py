@@ -355,11 +355,15 @@ class _Connection(asyncio.BufferedProtocol):
         self._transport.write(pack_frames([encode_error(code, message)]))
         self._end()
 
+    def _done(self) -> bool:
+        """Hung up or closing: nothing more is read or written."""
+        return self._ending or self._transport.is_closing()
+
     def _end(self) -> None:
         """Close after the data written so far: a FIN follows it at once, the socket closes HANG_UP_LINGER later."""
-        transport = self._transport
-        if self._ending or transport.is_closing():
+        if self._done():
             return
+        transport = self._transport
         self._ending = True
         if self in self._server._connections:
             self._server._hung_up += 1
@@ -378,7 +382,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def watch(self, now: float) -> None:
         """Called by the server's watchdog: cut off a frame that arrives too slowly, close an idle connection."""
-        if self._ending or self._transport.is_closing():
+        if self._done():
             return
         server = self._server
         frames, buffered = progress = self._core.progress
@@ -414,7 +418,7 @@ class _Connection(asyncio.BufferedProtocol):
     def _update_reading(self) -> None:
         """Read only while the peer takes its replies and calls in flight are under the limit."""
         pause = self._writing_paused or len(self._tasks) >= self._max_in_flight
-        if pause != self._reading_paused and not (self._ending or self._transport.is_closing()):
+        if pause != self._reading_paused and not self._done():
             self._reading_paused = pause
             if pause:
                 self._transport.pause_reading()
@@ -494,7 +498,7 @@ class _Connection(asyncio.BufferedProtocol):
             self._stopped.pop(call, None)
             if timer is not None:
                 timer.cancel()
-        if self._reading_paused and not self._writing_paused and not (self._ending or self._transport.is_closing()):
+        if self._reading_paused and not self._writing_paused and not self._done():
             # A call ended: take up the frames held while at the limit, then read again if still under it.
             core = self._core
             data = core.buffer_updated(0)
@@ -511,7 +515,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._ending or self._transport.is_closing():
+        if self._done():
             return
         data = self._core.data_to_send()
         if data:

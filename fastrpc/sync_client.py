@@ -21,7 +21,7 @@ from typing import Any, Iterable, List, Optional, Sequence, Set, Tuple, Union
 from .auth import AUTH_METHOD
 from .errors import CallTimeout, ConnectionClosed, FastRPCError, FrameTooLarge
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
-from .client import retry_delay
+from .client import check_retries, resendable, retry_delay
 from .protocol import ABSENT, ClientConnection
 
 __all__ = ["SyncClient"]
@@ -151,10 +151,8 @@ class SyncClient:
         retries: int = 0,
         idempotent: Iterable[str] = (),
     ) -> None:
-        if retries < 0:
-            raise ValueError(f"retries must not be negative, got {retries!r}")
         self.timeout = timeout
-        self.retries = retries
+        self.retries = check_retries(retries)
         self.idempotent = frozenset(idempotent)
         self._dial = functools.partial(_Link, host, port, ids=ids, max_frame_size=check_max_frame_size(max_frame_size),
                                        token=token, ssl=ssl, server_hostname=server_hostname)
@@ -236,7 +234,7 @@ class SyncClient:
                 except ConnectionClosed as exc:  # some may have gone out before the connection broke
                     part = _failed(len(todo), exc)
                 redo = [i for i, error in zip(todo, part.errors) if isinstance(error, ConnectionClosed)
-                        and (idempotent or (idempotent is None and calls[i][0] in self.idempotent))]
+                        and resendable(calls[i][0], idempotent, self.idempotent)]
             for i, result, error in zip(todo, part.results, part.errors):
                 batch.results[i], batch.errors[i] = result, error
             if not redo or attempt == self.retries or self._closing:
