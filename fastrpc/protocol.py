@@ -153,11 +153,14 @@ class ServerConnection:
 
     Feed it bytes (``receive_data``, or ``get_buffer``/``buffer_updated``);
     sync handlers run at once, async ones are handed to ``spawn`` as a
-    ``Call``; when ``spawn`` returns true (too many calls in flight), the
-    frames after that call stay buffered until the next ``buffer_updated``
-    (``buffer_updated(0)`` handles them without new data). ``data_to_send`` returns every response that may go out now,
-    framed, as one bytes. Once ``closing`` is true the connection must be
-    closed after that data is sent.
+    ``Call``. When ``spawn`` returns true (too many calls in flight), the
+    frames after that call stay buffered until the next ``buffer_updated``;
+    ``buffer_updated(0)`` handles them without new data. ``data_to_send``
+    returns every response that may go out now, framed, as one bytes. Once
+    ``closing`` is true the connection must be closed after that data is
+    sent. ``report(method, exc)`` is told of every handler failure answered
+    with the internal error (not the ``RemoteError``s handlers raise on
+    purpose), for the server to log.
     """
 
     def __init__(
@@ -166,12 +169,14 @@ class ServerConnection:
         spawn: Callable[[Call], Optional[bool]],
         *,
         cancel: Optional[Callable[[Id], None]] = None,
+        report: Optional[Callable[[Method, BaseException], None]] = None,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         debug: bool = False,
     ) -> None:
         self._methods = methods
         self._spawn = spawn
         self._cancel = cancel
+        self._report = report
         self._debug = debug
         self._reader = FrameReader(max_frame_size)
         self.get_buffer = self._reader.get_buffer
@@ -331,6 +336,8 @@ class ServerConnection:
         try:
             encoded = _dumps(result)
         except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
+            if self._report is not None:
+                self._report(method, exc)
             return encode_error(ErrorCode.INTERNAL_ERROR, f"result of {method.name!r} is not JSON serializable: {exc}", None, rid)
         if rid is None:
             body = method.prefix + encoded + b"}"
@@ -361,6 +368,8 @@ class ServerConnection:
             reason = _bind_error(method.func, params)
             if reason is not None:
                 return encode_error(ErrorCode.INVALID_PARAMS, f"invalid params for {method.name!r}: {reason}", None, rid)
+        if self._report is not None:
+            self._report(method, exc)
         data = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)) if self._debug else None
         return encode_error(ErrorCode.INTERNAL_ERROR, f"internal error in {method.name!r}: {type(exc).__name__}", data, rid)
 
