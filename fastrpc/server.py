@@ -10,20 +10,25 @@ import asyncio
 import contextvars
 import logging
 import signal
-import socket
+import time
 from ssl import SSLContext
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Set, Tuple, TypeVar, Union, overload
 
 from .errors import DeadlineExceeded, ErrorCode, ShuttingDown
+from . import framing
 from .framing import pack_frames
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
 from .auth import TokenGate
 from .middleware import HookedMethods, Middleware
+from .net import set_nodelay
 from .protocol import Call, Method, ServerConnection, encode_error
 
 __all__ = ["Server", "run", "new_event_loop", "remaining"]
 
 log = logging.getLogger("fastrpc.server")
+
+#: How ``fastrpc serve`` and ``fastrpc.run`` format log lines when the application has not set logging up.
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,11 +36,26 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: requests still on their way before it closes (they get the shutting-down error).
 LINGER = 0.1
 
+#: Seconds after the server began to stop past which a connection that owes no
+#: reply closes without waiting for LINGER of quiet (its client keeps calling).
+DRAIN_LIMIT = 1.0
+
+#: Seconds after the grace ended that calls cancelled then get to be answered;
+#: past it their connections end without those replies (a handler that ignores
+#: cancellation cannot hold the server up).
+FLUSH_LIMIT = 1.0
+
 #: Seconds a connection hung up on after an error frame (frame too large, busy,
 #: too slow, failed authentication) stays half-closed before its socket closes:
 #: closing at once, with requests unread in it, sends a reset, and a reset can
 #: make the peer's kernel drop the error frame before the peer has read it.
 HANG_UP_LINGER = 1.0
+
+#: Handler failures logged per method and second; more are counted, and the count logged.
+FAILURES_LOGGED_PER_SECOND = 5
+
+# The states of a connection (see _Connection).
+OPEN, DRAINING, ENDING, CLOSED = "open", "draining", "ending", "closed"
 
 
 def _ping(params: Any = None) -> Any:
@@ -89,12 +109,13 @@ class Server:
         self.methods: Dict[str, Method] = {"ping": Method("ping", _ping, out="pong", raw_params=True)}
         self.middleware: List[Middleware] = []
         self._server: Optional[asyncio.AbstractServer] = None
-        self._connections: Set[_Connection] = set()
-        self._hung_up = 0  # connections among them only waiting to close: not counted against max_connections
+        self._connections: Set[_Connection] = set()  # OPEN or DRAINING: served, and counted against max_connections
+        self._ending: Set[_Connection] = set()  # ENDING: hung up, waiting for their sockets to close
         self._closing = False
         self._all_closed: Optional[asyncio.Event] = None  # set once closing and no connection is left
-        self._grace_timer: Optional[asyncio.TimerHandle] = None
         self._watchdog: Optional[asyncio.TimerHandle] = None
+        self._stop_timer: Optional[asyncio.TimerHandle] = None  # the end of the grace, then of the flush after it
+        self._failures = _FailureLog()
 
     @overload
     def method(self, func: F) -> F: ...
@@ -166,14 +187,17 @@ class Server:
         if self._server is not None:
             raise RuntimeError("server is already started")
         loop = asyncio.get_running_loop()
+        self._all_closed = asyncio.Event()
         # A TLS handshake is held to the frame timeout too: a client that never
         # finishes one holds a socket that does not count as a connection yet.
         handshake = {} if ssl is None or self.frame_timeout is None else {"ssl_handshake_timeout": self.frame_timeout}
         self._server = await loop.create_server(
             lambda: _Connection(self), host, port, ssl=ssl, reuse_port=reuse_port or None, backlog=backlog, **handshake
         )
+        engine = f"framing {framing.IMPLEMENTATION}, loop {_loop_name(loop)}"
         for address in self.addresses:
-            log.info("fastrpc listening on %s:%s%s", address[0], address[1], " (TLS)" if ssl is not None else "")
+            log.info("fastrpc listening on %s:%s%s (%s)", address[0], address[1], " with TLS" if ssl is not None else "", engine)
+        _warn_if_fallback()
         self._watch()
 
     def _watch(self) -> None:
@@ -181,10 +205,10 @@ class Server:
         timeouts = [t for t in (self.idle_timeout, self.frame_timeout) if t is not None]
         if not timeouts or (self._closing and not self._connections):
             return
-        now = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
         for connection in list(self._connections):
-            connection.watch(now)
-        self._watchdog = asyncio.get_running_loop().call_later(min(timeouts) / 4, self._watch)
+            connection.watch(loop.time())
+        self._watchdog = loop.call_later(min(timeouts) / 4, self._watch)
 
     async def serve(self, host: str = "127.0.0.1", port: int = 8080, **kwargs: Any) -> None:
         """Start, then serve until ``close()`` is called."""
@@ -216,7 +240,9 @@ class Server:
         requests with the shutting-down error, let running calls finish for up
         to ``shutdown_grace`` seconds (then cancel them: they are answered with
         the same error), send every reply, and close each connection once it
-        owes nothing. ``wait_closed()`` returns when all of that is done."""
+        owes nothing. ``wait_closed()`` returns when all of that is done:
+        within ``shutdown_grace`` and about two seconds more, whatever the
+        clients do."""
         if self._closing:
             return
         self._closing = True
@@ -229,59 +255,97 @@ class Server:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # closed from outside a loop: nothing runs to wait for
             return
-        self._grace_timer = loop.call_later(self.shutdown_grace, self._end_grace)
+        self._stop_timer = loop.call_later(self.shutdown_grace, self._end_grace)
         self._check_all_closed()
 
     def _end_grace(self) -> None:
         for connection in list(self._connections):
             connection.cancel_calls()
+        self._stop_timer = asyncio.get_running_loop().call_later(FLUSH_LIMIT, self._end_all)
+
+    def _end_all(self) -> None:
+        for connection in list(self._connections):
+            connection._end()
+
+    # -- the connections' bookkeeping (called by _Connection) -----------------------
+
+    def _admit(self, connection: "_Connection") -> bool:
+        """Count a new connection in, unless at ``max_connections``."""
+        if self.max_connections is not None and len(self._connections) >= self.max_connections:
+            return False
+        self._connections.add(connection)
+        return True
+
+    def _retire(self, connection: "_Connection") -> None:
+        """The connection hung up: it no longer counts against ``max_connections``."""
+        self._connections.discard(connection)
+        self._ending.add(connection)
 
     def _forget(self, connection: "_Connection") -> None:
+        """The connection's socket is closed."""
         self._connections.discard(connection)
+        self._ending.discard(connection)
         if self._closing:
             self._check_all_closed()
 
     def _check_all_closed(self) -> None:
-        if not self._connections:
+        if not self._connections and not self._ending:
             if self._all_closed is not None:
                 self._all_closed.set()
-            for timer in (self._grace_timer, self._watchdog):
+            for timer in (self._stop_timer, self._watchdog):
                 if timer is not None:
                     timer.cancel()
 
     async def wait_closed(self) -> None:
         """Wait until ``close()`` was called and has finished: every reply sent, every connection closed."""
-        if self._server is None:
+        if self._server is None or self._all_closed is None:
             return
-        if self._all_closed is None:
-            self._all_closed = asyncio.Event()
-        while not self._closing:
-            await asyncio.sleep(0.05)
-        if not self._connections:
-            self._all_closed.set()
         await self._all_closed.wait()
         await self._server.wait_closed()
 
 
 class _Connection(asyncio.BufferedProtocol):
-    """Moves bytes between one socket and its ``ServerConnection``."""
+    """Moves bytes between one socket and its ``ServerConnection``.
+
+    A connection is in one of four states:
+
+    - ``OPEN``: requests are read and answered.
+    - ``DRAINING`` (``shut_down``): the server is stopping; new calls are
+      refused with -32002, running ones go on until the grace ends
+      (``cancel_calls``). It ends once it owes no reply and either nothing
+      arrived for ``LINGER`` or it has drained for ``DRAIN_LIMIT``.
+    - ``ENDING`` (``_end``): what was written is followed by a FIN, nothing
+      more is read, and the socket is closed ``HANG_UP_LINGER`` later
+      (aborted if the peer has not taken its replies by then).
+    - ``CLOSED`` (``connection_lost``): the socket is gone; calls still
+      running are cancelled, as nobody is left to answer.
+
+    Every way a connection ends: the peer closes or resets it (``CLOSED``);
+    the peer half-closes, and the socket is closed once every reply it is
+    owed is sent (``_flush``); an error frame for a frame too large, a busy
+    server, a frame too slow or a failed authentication (``_hang_up``, then
+    ``ENDING``); ``idle_timeout`` with nothing owed (closed at once); the
+    server stopping (``DRAINING``, then ``ENDING``).
+    """
 
     def __init__(self, server: Server) -> None:
         self._server = server
         self._core = core = ServerConnection(server.methods, self._spawn, cancel=self._cancel_by_id,
-                                             max_frame_size=server.max_frame_size, debug=server.debug)
+                                             report=self._handler_failed, max_frame_size=server.max_frame_size,
+                                             debug=server.debug)
         # The transport looks get_buffer up once, before connection_made:
         # binding the core's own method here spares a Python call per read.
         self.get_buffer = core.get_buffer  # type: ignore[method-assign]
+        self._state = OPEN
         self._tasks: Dict[Call, asyncio.Task[None]] = {}
         # Why a call's task was cancelled, when it was not the connection going away.
         self._stopped: Dict[Call, BaseException] = {}
         self._flush_scheduled = False
-        self._eof = False
-        self._draining = False  # the server is stopping
-        self._linger: Optional[asyncio.TimerHandle] = None
-        self._ending = False  # hung up: nothing more is read or written
+        self._eof = False  # the peer will send nothing more
+        self._timer: Optional[asyncio.TimerHandle] = None  # DRAINING: the quiet wait; ENDING: the close
+        self._drain_until = 0.0
         self._max_in_flight = server.max_in_flight
+        self._held = False  # the core holds frames read past max_in_flight
         self._writing_paused = False  # the transport's write buffer is above its high-water mark
         self._reading_paused = False
         # What watch() saw last: progress (frames, bytes buffered) and since when.
@@ -293,17 +357,13 @@ class _Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport: asyncio.Transport = transport  # type: ignore[assignment]
         self._loop = asyncio.get_running_loop()
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        set_nodelay(transport.get_extra_info("socket"))
         self._peer = transport.get_extra_info("peername")
-        limit = self._server.max_connections
-        if limit is not None and len(self._server._connections) - self._server._hung_up >= limit:
-            log.warning("refused a connection from %s: at the limit of %d connections", self._peer, limit)
-            self._hang_up(ErrorCode.SERVER_BUSY, f"server busy: it has its maximum of {limit} connections")
-            return
         server = self._server
-        server._connections.add(self)
+        if not server._admit(self):
+            log.warning("refused a connection from %s: at the limit of %d connections", self._peer, server.max_connections)
+            self._hang_up(ErrorCode.SERVER_BUSY, f"server busy: it has its maximum of {server.max_connections} connections")
+            return
         core = self._core
         methods: Mapping[str, Method] = server.methods
         if server.middleware:
@@ -313,7 +373,7 @@ class _Connection(asyncio.BufferedProtocol):
         elif methods is not server.methods:
             core.use_methods(methods)
         log.debug("connection from %s opened", self._peer)
-        if self._server.closing:
+        if server.closing:
             self.shut_down()
 
     def get_buffer(self, sizehint: int) -> memoryview:  # replaced per instance in __init__
@@ -326,7 +386,7 @@ class _Connection(asyncio.BufferedProtocol):
             self._transport.write(data)
         if core.closing:
             self._end()
-        elif self._draining:
+        elif self._state is DRAINING:
             self._close_when_quiet()
 
     def eof_received(self) -> bool:
@@ -337,46 +397,56 @@ class _Connection(asyncio.BufferedProtocol):
         return bool(self._tasks)
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
-        if self._ending and self in self._server._connections:
-            self._server._hung_up -= 1
-        if self._linger is not None:
-            self._linger.cancel()
+        self._state = CLOSED
+        if self._timer is not None:
+            self._timer.cancel()
         for task in self._tasks.values():
             task.cancel()
         self._server._forget(self)
         log.debug("connection from %s closed%s", self._peer, f": {exc}" if exc else "")
+
+    def _handler_failed(self, method: Method, exc: BaseException) -> None:
+        self._server._failures.report(method.name, self._peer, exc)
 
     def _auth_failed(self) -> None:
         log.warning("connection from %s failed to authenticate; closing", self._peer)
         self._loop.call_soon(self._end)  # after the refusal is written
 
     def _hang_up(self, code: int, message: str) -> None:
-        """Send one error frame, then close."""
+        """Send one error frame, then end the connection."""
         self._transport.write(pack_frames([encode_error(code, message)]))
         self._end()
 
     def _done(self) -> bool:
-        """Hung up or closing: nothing more is read or written."""
-        return self._ending or self._transport.is_closing()
+        """ENDING, CLOSED or its transport closing: nothing more is read or written."""
+        return self._state is ENDING or self._state is CLOSED or self._transport.is_closing()
 
     def _end(self) -> None:
-        """Close after the data written so far: a FIN follows it at once, the socket closes HANG_UP_LINGER later."""
+        """Go to ENDING: close after the data written so far (a FIN follows it at once), read nothing more."""
         if self._done():
             return
-        transport = self._transport
-        self._ending = True
-        if self in self._server._connections:
-            self._server._hung_up += 1
+        self._state = ENDING
+        self._server._retire(self)
         for task in self._tasks.values():
             task.cancel()  # their replies could not be sent
-        if not transport.can_write_eof():  # TLS: a close_notify follows the data
+        transport = self._transport
+        if transport.can_write_eof():
+            transport.write_eof()
+            transport.pause_reading()
+        else:  # TLS: a close_notify follows the data
             transport.close()
-            return
-        transport.write_eof()
-        transport.pause_reading()
-        if self._linger is not None:
-            self._linger.cancel()
-        self._linger = self._loop.call_later(HANG_UP_LINGER, transport.close)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_later(HANG_UP_LINGER, self._close_ended)
+
+    def _close_ended(self) -> None:
+        # Closing at once would send a reset over requests still unread; waiting
+        # longer for a peer that does not read its replies would hold the socket forever.
+        transport = self._transport
+        if transport.get_write_buffer_size():
+            transport.abort()
+        else:
+            transport.close()
 
     # -- timeouts ----------------------------------------------------------------------
 
@@ -416,9 +486,19 @@ class _Connection(asyncio.BufferedProtocol):
         self._update_reading()
 
     def _update_reading(self) -> None:
-        """Read only while the peer takes its replies and calls in flight are under the limit."""
+        """Read only while the peer takes its replies and calls in flight are under the limit.
+
+        Frames read past the in-flight limit wait in the core: they are taken
+        up first, whichever of the two conditions was the last to clear."""
+        if self._done():
+            return
+        if self._held and not self._writing_paused and len(self._tasks) < self._max_in_flight:
+            self._held = False
+            self.buffer_updated(0)  # may reach the limit again, and hold the rest
+            if self._done():
+                return
         pause = self._writing_paused or len(self._tasks) >= self._max_in_flight
-        if pause != self._reading_paused and not self._done():
+        if pause != self._reading_paused:
             self._reading_paused = pause
             if pause:
                 self._transport.pause_reading()
@@ -428,8 +508,11 @@ class _Connection(asyncio.BufferedProtocol):
     # -- graceful shutdown ---------------------------------------------------------
 
     def shut_down(self) -> None:
-        """The server is stopping: refuse new calls, close once nothing is owed."""
-        self._draining = True
+        """Go to DRAINING: refuse new calls, end once nothing is owed."""
+        if self._state is not OPEN:
+            return
+        self._state = DRAINING
+        self._drain_until = self._loop.time() + DRAIN_LIMIT
         self._core.refuse_calls()
         self._close_when_quiet()
 
@@ -439,15 +522,19 @@ class _Connection(asyncio.BufferedProtocol):
             task.cancel()
 
     def _close_when_quiet(self) -> None:
-        # Requests may still be on their way: closing the moment the last
-        # reply is written would lose them. Wait LINGER after the last read.
-        if self._ending:
-            return  # hung up already: its own timer closes it
-        if self._linger is not None:
-            self._linger.cancel()
-            self._linger = None
-        if not self._tasks and not self._transport.is_closing():
-            self._linger = self._loop.call_later(LINGER, self._transport.close)
+        # Requests may still be on their way: ending the moment the last reply
+        # is written would leave them unanswered. Wait LINGER after the last
+        # read, but no longer than DRAIN_LIMIT: a client that keeps calling
+        # must not keep a stopping server up.
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._tasks or self._done():
+            return  # the last call to finish comes back here, from _flush
+        if self._loop.time() >= self._drain_until:
+            self._end()
+        else:
+            self._timer = self._loop.call_later(LINGER, self._end)
 
     # -- async handlers ------------------------------------------------------------
 
@@ -456,6 +543,7 @@ class _Connection(asyncio.BufferedProtocol):
         tasks = self._tasks
         tasks[call] = self._loop.create_task(self._run(call))
         if len(tasks) >= self._max_in_flight:
+            self._held = True
             self._update_reading()
             return True
         return False
@@ -484,7 +572,7 @@ class _Connection(asyncio.BufferedProtocol):
         except asyncio.CancelledError:
             reason = self._stopped.get(call)
             if reason is None:
-                if not self._draining:
+                if self._state is not DRAINING:
                     raise  # the connection is gone: nobody to answer
                 reason = ShuttingDown("the server shut down before the call finished")
             if reason is not _NO_REPLY:
@@ -498,16 +586,8 @@ class _Connection(asyncio.BufferedProtocol):
             self._stopped.pop(call, None)
             if timer is not None:
                 timer.cancel()
-        if self._reading_paused and not self._writing_paused and not self._done():
-            # A call ended: take up the frames held while at the limit, then read again if still under it.
-            core = self._core
-            data = core.buffer_updated(0)
-            if data:
-                self._transport.write(data)
-            if core.closing:
-                self._end()
-            else:
-                self._update_reading()
+        if self._reading_paused:
+            self._update_reading()  # a call ended: under the limit again, perhaps
         # Replies finished by tasks in one loop iteration leave in one write.
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -522,7 +602,7 @@ class _Connection(asyncio.BufferedProtocol):
             self._transport.write(data)
         if self._eof and not self._tasks:
             self._transport.close()
-        elif self._draining:
+        elif self._state is DRAINING:
             self._close_when_quiet()
 
 
@@ -537,6 +617,61 @@ def remaining() -> Optional[float]:
     if deadline is None:
         return None
     return max(0.0, deadline - asyncio.get_running_loop().time())
+
+
+class _FailureLog:
+    """Logs handlers' unexpected exceptions with their tracebacks, at most
+    FAILURES_LOGGED_PER_SECOND per method and second: a client that makes a
+    handler fail in a loop cannot flood the log. What is held back is
+    counted, and the count logged when the second is over."""
+
+    def __init__(self) -> None:
+        self._windows: Dict[str, List[float]] = {}  # method -> [window start, logged, held back]
+
+    def report(self, method: str, peer: Any, exc: BaseException) -> None:
+        now = time.monotonic()
+        window = self._windows.get(method)
+        if window is None or now - window[0] >= 1.0:
+            if window is not None and window[2]:
+                self._held_back(method, window)
+            window = self._windows[method] = [now, 0, 0]
+        if window[1] < FAILURES_LOGGED_PER_SECOND:
+            window[1] += 1
+            log.error("handler %r failed for %s: %s: %s", method, _peer_text(peer), type(exc).__name__, exc,
+                      exc_info=(type(exc), exc, exc.__traceback__))
+            return
+        window[2] += 1
+        if window[2] == 1:  # the first held back: report the count once the second is over
+            try:
+                asyncio.get_running_loop().call_later(1.0 - (now - window[0]), self._held_back, method, window)
+            except RuntimeError:  # no loop (the core driven by hand): the next failure reports it
+                pass
+
+    def _held_back(self, method: str, window: List[float]) -> None:
+        if window[2]:
+            log.error("handler %r failed %d more times in that second (not logged one by one)", method, window[2])
+            window[2] = 0
+
+
+def _peer_text(peer: Any) -> str:
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
+
+
+def _loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+
+
+_fallback_warned = False
+
+
+def _warn_if_fallback() -> None:
+    """Once per process: say so when the compiled framing was expected and could not be loaded."""
+    global _fallback_warned
+    if framing.FALLBACK_REASON is not None and not _fallback_warned:
+        _fallback_warned = True
+        log.warning("fastrpc is running its pure-Python framing, about 2x slower pipelined: the compiled one could not "
+                    "be loaded (%s). Install a wheel or build the extension (pip install .); set "
+                    "FASTRPC_NO_EXTENSIONS=1 to choose the pure-Python framing on purpose.", framing.FALLBACK_REASON)
 
 
 def new_event_loop(loop: str = "auto") -> asyncio.AbstractEventLoop:
@@ -555,7 +690,17 @@ def new_event_loop(loop: str = "auto") -> asyncio.AbstractEventLoop:
 
 
 def run(server: Server, host: str = "127.0.0.1", port: int = 8080, *, loop: str = "auto", **kwargs: Any) -> None:
-    """Serve ``server`` until SIGINT or SIGTERM; blocks. Returns after a clean shutdown."""
+    """Serve ``server`` until SIGINT or SIGTERM; blocks. Returns after a clean shutdown.
+
+    Unless the application set up logging, fastrpc's INFO lines (listening,
+    shutting down) and its warnings and errors go to stderr."""
+    if not logging.getLogger("fastrpc").hasHandlers():
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        package_log = logging.getLogger("fastrpc")
+        package_log.addHandler(handler)
+        if package_log.level == logging.NOTSET:
+            package_log.setLevel(logging.INFO)
     event_loop = new_event_loop(loop)
     try:
         asyncio.set_event_loop(event_loop)
