@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
+import socket
 import ssl
 import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import orjson
 
+from . import __version__
 from .errors import CallTimeout, ConnectionClosed, RemoteError
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
 from .protocol import ABSENT
@@ -43,7 +46,38 @@ def load_server(spec: str) -> Server:
 
 def _server_settings(args: argparse.Namespace) -> Dict[str, Any]:
     """The Server settings given on the command line (those left out keep the app's own)."""
-    return {name: getattr(args, name) for name in _SERVER_OPTIONS if getattr(args, name) is not None}
+    names = [*_SERVER_OPTIONS, *_SERVER_FLAGS]
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def _server_arguments(settings: Dict[str, Any]) -> List[str]:
+    """``settings`` as the serve options that give them (for the command line of a worker)."""
+    arguments: List[str] = []
+    for name, value in settings.items():
+        option = "--" + name.replace("_", "-")
+        arguments += [option] if name in _SERVER_FLAGS else [option, str(value)]
+    return arguments
+
+
+def listen_failed(host: str, port: int, exc: OSError) -> str:
+    """One line saying why listening on ``host:port`` failed (``exc`` from the bind: an OSError, a socket.gaierror)."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(exc, socket.gaierror):
+        if exc.errno == socket.EAI_NONAME:
+            reason = "not an IP address nor a known host name"
+        else:
+            reason = f"cannot resolve the host name: {exc.strerror or exc}"
+    elif exc.errno:
+        # asyncio's strerror repeats the address; the system's text for the errno does not.
+        reason = os.strerror(exc.errno)
+        reason = reason[:1].lower() + reason[1:]
+        if exc.errno == errno.EADDRNOTAVAIL:
+            reason += " (not an address of this machine)"
+        elif exc.errno == errno.EACCES and 0 < port < 1024:
+            reason += " (ports below 1024 need privileges)"
+    else:
+        reason = str(exc)
+    return f"fastrpc: cannot listen on {where}: {reason}"
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -57,7 +91,13 @@ def _serve(args: argparse.Namespace) -> int:
         setattr(server, name, value)
     if args.token_file is not None:
         server.set_tokens(read_tokens(args.token_file))
-    run(server, args.host, args.port, loop=args.loop, reuse_port=args.reuse_port, ssl=_tls(args))
+    try:
+        run(server, args.host, args.port, loop=args.loop, reuse_port=args.reuse_port, ssl=_tls(args))
+    except OSError as exc:  # socket.gaierror too
+        if server.addresses:  # it was listening: not a failure to bind
+            raise
+        print(listen_failed(args.host, args.port, exc), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -114,8 +154,7 @@ def _serve_workers(args: argparse.Namespace) -> int:
                "--loop", args.loop, "--reuse-port", "--log-level", args.log_level]
     if args.app:
         command.insert(4, args.app)
-    for name, value in settings.items():
-        command += ["--" + name.replace("_", "-"), str(value)]
+    command += _server_arguments(settings)
     _tls(args)  # fail here, once, on a bad certificate
     if args.token_file is not None:
         read_tokens(args.token_file)
@@ -201,14 +240,17 @@ def _bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastrpc", description="Fast length-prefixed JSON RPC over TCP.")
+    parser.add_argument("--version", action="version", version=f"fastrpc {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve an app (default: the demo service)")
     serve.add_argument("app", nargs="?", help="MODULE:ATTR naming a fastrpc.Server")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--port", type=_port, default=8080, help="(default 8080; 0: any free port)")
     serve.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto")
     for name, (kind, metavar, text) in _SERVER_OPTIONS.items():
         serve.add_argument("--" + name.replace("_", "-"), type=kind, default=None, metavar=metavar, help=text)
+    for name, text in _SERVER_FLAGS.items():
+        serve.add_argument("--" + name.replace("_", "-"), action="store_true", default=None, help=text)
     serve.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate (chain)")
     serve.add_argument("--tls-key", metavar="PEM", help="its private key, unless the --tls-cert file holds it")
     serve.add_argument("--tls-ca", metavar="PEM", help="require client certificates signed by this CA (mutual TLS)")
@@ -286,6 +328,13 @@ def _frame_size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, got {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -301,6 +350,12 @@ _SERVER_OPTIONS: Dict[str, Tuple[Callable[[str], Any], str, str]] = {
     "idle_timeout": (_positive_float, "S", "close connections idle this long (default: never)"),
     "frame_timeout": (_positive_float, "S", "cut off a client taking longer than this to send one frame (default 60)"),
     "shutdown_grace": (_non_negative_float, "S", "on SIGTERM/SIGINT, seconds running calls get to finish (default 30)"),
+}
+
+# Settings of fastrpc.Server that `serve` takes as flags (on when given): name -> help.
+_SERVER_FLAGS: Dict[str, str] = {
+    "debug": "debug mode: the internal errors (-32603) of handlers that raise carry the handler's traceback "
+             "in the error's data; it shows the server's code and data to every client, so not in production",
 }
 
 

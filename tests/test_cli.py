@@ -14,6 +14,8 @@ from typing import Iterator, List, Set
 
 import pytest
 
+import fastrpc
+
 from .conftest import frame, free_port, serve
 
 
@@ -78,6 +80,68 @@ def test_serve_bad_app(tmp_path: Path, app: str, message: str) -> None:
     out = subprocess.run([sys.executable, "-m", "fastrpc", "serve", app, "--port", str(free_port())],
                          cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert out.returncode != 0 and message in out.stderr
+
+
+def serve_fails(args: List[str]) -> "subprocess.CompletedProcess[str]":
+    return subprocess.run([sys.executable, "-m", "fastrpc", "serve", *args], capture_output=True, text=True, timeout=30)
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for loop in ("uvloop", "asyncio"):
+            out = serve_fails(["--port", str(port), "--loop", loop])
+            assert (out.returncode, out.stderr) == (1, f"fastrpc: cannot listen on 127.0.0.1:{port}: address already in use\n")
+
+
+@pytest.mark.parametrize("host, reason", [
+    ("256.1.1.1", "not an IP address nor a known host name"),
+    ("192.0.2.1", "cannot assign requested address (not an address of this machine)"),  # TEST-NET-1
+])
+def test_serve_on_an_address_it_cannot_bind_says_why_in_one_line(host: str, reason: str) -> None:
+    out = serve_fails(["--host", host, "--port", "8080"])
+    assert (out.returncode, out.stderr) == (1, f"fastrpc: cannot listen on {host}:8080: {reason}\n")
+
+
+def test_serve_port_out_of_range_is_a_usage_error() -> None:
+    out = serve_fails(["--port", "70000"])
+    assert out.returncode == 2 and "must be a port number from 0 to 65535" in out.stderr
+
+
+@pytest.mark.parametrize("command", [[sys.executable, "-m", "fastrpc"], [str(Path(sys.executable).parent / "fastrpc")]])
+def test_version(command: List[str]) -> None:
+    if not Path(command[0]).exists():
+        pytest.skip("the fastrpc script is not installed beside this Python")
+    out = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=30)
+    assert (out.returncode, out.stdout, out.stderr) == (0, f"fastrpc {fastrpc.__version__}\n", "")
+
+
+FAILING_APP = "import fastrpc\napp = fastrpc.Server()\n@app.method\ndef fail():\n    raise RuntimeError('boom')\n"
+
+
+@pytest.mark.parametrize("extra", [[], ["--workers", "2"]])
+def test_serve_debug_sends_tracebacks(tmp_path: Path, extra: List[str]) -> None:
+    if extra and not hasattr(socket, "SO_REUSEPORT"):
+        pytest.skip("--workers needs SO_REUSEPORT")
+    (tmp_path / "failapp.py").write_text(FAILING_APP)
+    for debug in ([], ["--debug"]):
+        port = free_port()
+        for _ in serve(["failapp:app", "--port", str(port), *extra, *debug], tmp_path):
+            for rid in range(4):  # over fresh connections: with workers, more than one of them answers
+                error = json.loads(call(port, b'{"in": "fail", "id": %d}' % rid))["error"]
+                assert error["code"] == -32603 and error["message"] == "internal error in 'fail': RuntimeError"
+                if debug:
+                    assert error["data"].startswith("Traceback (most recent call last):")
+                    assert "raise RuntimeError('boom')" in error["data"] and error["data"].endswith("RuntimeError: boom\n")
+                else:
+                    assert "data" not in error
+
+
+def test_serve_help_explains_debug() -> None:
+    out = subprocess.run([sys.executable, "-m", "fastrpc", "serve", "--help"], capture_output=True, text=True, timeout=30)
+    assert "--debug" in out.stdout and "traceback" in out.stdout
 
 
 # -- fastrpc call -------------------------------------------------------------------------
