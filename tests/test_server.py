@@ -10,6 +10,7 @@ import json
 import logging
 import random
 import socket
+import traceback
 from typing import Any, List
 
 import orjson
@@ -394,3 +395,74 @@ def test_connections_are_logged(run: Any, caplog: pytest.LogCaptureFixture) -> N
         run(main())
     messages = [r.getMessage() for r in caplog.records]
     assert any("opened" in m for m in messages) and any("closed" in m for m in messages)
+
+
+def test_handler_failures_are_logged_with_their_traceback(run: Any, caplog: pytest.LogCaptureFixture) -> None:
+    server = demo_server()
+
+    @server.method
+    def boom() -> Any:
+        return undefined_name  # type: ignore[name-defined]  # noqa: F821
+
+    @server.method
+    async def aboom() -> Any:
+        raise ValueError("bad state")
+
+    @server.method
+    def refuse() -> Any:
+        raise fastrpc.InvalidParams("on purpose")
+
+    async def main() -> int:
+        async with serving(server) as port, fastrpc.connect("127.0.0.1", port) as client:
+            for method in ("boom", "aboom"):
+                with pytest.raises(fastrpc.InternalError):
+                    await client.call(method)
+            with pytest.raises(fastrpc.InvalidParams):  # a RemoteError raised on purpose: not logged
+                await client.call("refuse")
+            local_port = client._protocol.transport.get_extra_info("sockname")[1]  # type: ignore[union-attr]
+        return int(local_port)
+
+    with caplog.at_level(logging.ERROR, logger="fastrpc.server"):
+        local_port = run(main())
+    failures = [r for r in caplog.records if r.name == "fastrpc.server" and r.levelno == logging.ERROR]
+    assert len(failures) == 2, [r.getMessage() for r in failures]
+    boom, aboom = failures
+    assert "'boom'" in boom.getMessage() and f"127.0.0.1:{local_port}" in boom.getMessage()
+    assert "NameError" in boom.getMessage()
+    assert boom.exc_info is not None and "undefined_name" in "".join(traceback.format_exception(*boom.exc_info))
+    assert "'aboom'" in aboom.getMessage() and "bad state" in aboom.getMessage()
+    assert aboom.exc_info is not None and aboom.exc_info[0] is ValueError
+
+
+def test_handler_failures_in_a_loop_are_rate_limited(run: Any, caplog: pytest.LogCaptureFixture) -> None:
+    from fastrpc.server import FAILURES_LOGGED_PER_SECOND
+
+    async def main() -> None:
+        async with serving(demo_server()) as port, fastrpc.connect("127.0.0.1", port) as client:
+            outcomes = await asyncio.gather(*[client.call("fail") for _ in range(200)], return_exceptions=True)
+            assert all(isinstance(o, fastrpc.InternalError) for o in outcomes)
+            await asyncio.sleep(1.2)  # the second is over: the count of those held back is logged
+
+    with caplog.at_level(logging.ERROR, logger="fastrpc.server"):
+        run(main())
+    messages = [r.getMessage() for r in caplog.records if r.name == "fastrpc.server"]
+    one_by_one = [m for m in messages if m.startswith("handler 'fail' failed for")]
+    summaries = [m for m in messages if "more times" in m]
+    assert len(one_by_one) == FAILURES_LOGGED_PER_SECOND, messages
+    assert summaries == [f"handler 'fail' failed {200 - FAILURES_LOGGED_PER_SECOND} more times in that second "
+                         "(not logged one by one)"], messages
+
+
+def test_listening_line_names_framing_and_loop(run: Any, framing_impl: Any, caplog: pytest.LogCaptureFixture,
+                                               request: pytest.FixtureRequest) -> None:
+    from fastrpc import framing
+
+    async def main() -> None:
+        async with serving(demo_server()):
+            pass
+
+    with caplog.at_level(logging.INFO, logger="fastrpc.server"):
+        run(main())
+    [line] = [r.getMessage() for r in caplog.records if "listening on" in r.getMessage()]
+    loop = request.node.callspec.params["run"]
+    assert line.endswith(f"(framing {framing.IMPLEMENTATION}, loop {loop})"), line
