@@ -209,15 +209,15 @@ def _call(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .loadgen import Progress, format_report, run_load
+    from .loadgen import Progress, format_progress, format_report, run_load
     from .server import new_event_loop
 
     host, port = args.address
     live = sys.stderr.isatty() and not args.json
 
     def show(progress: Progress) -> None:
-        phase = "warming up" if progress.warming_up else f"{progress.requests:,} done, {progress.errors:,} errors"
-        sys.stderr.write(f"\r\033[K  {progress.elapsed:6.1f}s  {progress.requests_per_s:12,.0f} req/s  {phase}")
+        # Asked each time: the terminal may be resized during the run.
+        sys.stderr.write("\r\033[K" + format_progress(progress, terminal_columns(sys.stderr.fileno())))
         sys.stderr.flush()
 
     load = run_load(host, port, method=args.method, params=args.params, connections=args.connections,
@@ -236,6 +236,21 @@ def _bench(args: argparse.Namespace) -> int:
             sys.stderr.write("\r\033[K")
     print(orjson.dumps(report.to_dict()).decode() if args.json else format_report(report))
     return EXIT_REMOTE_ERROR if report.errors else 0
+
+
+def terminal_columns(fd: int) -> int:
+    """The width of the terminal on ``fd``: $COLUMNS where set, as ``shutil.get_terminal_size``
+    takes it (which asks stdout's terminal only), else the terminal's own; 80 if unknown."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(fd).columns
+        except OSError:
+            columns = 0
+    return columns if columns > 0 else 80
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,7 +39,7 @@ from .errors import FrameTooLarge
 from .framing import FrameReader
 from .protocol import ABSENT
 
-__all__ = ["LatencyHistogram", "Progress", "Report", "format_report", "run_load"]
+__all__ = ["LatencyHistogram", "Progress", "Report", "format_progress", "format_report", "run_load"]
 
 #: Seconds to wait, once sending has stopped, for the replies still owed.
 DRAIN_TIMEOUT = 5.0
@@ -539,6 +539,25 @@ def _size(count: int) -> str:
             return f"{value:.2f}{unit}"
         value /= 1024
     return f"{value:.2f}GB"
+
+
+def format_progress(progress: Progress, width: int = 80) -> str:
+    """The live line of ``fastrpc bench`` for a terminal ``width`` columns wide, in at most
+    ``width - 1`` characters (a line reaching the last column wraps, and ``\\r`` no longer
+    rewrites it). Where the padded form does not fit, the padding goes first, then the
+    elapsed time, then the count done, then the errors, then the unit of the rate; where
+    not even the rate fits, the line is empty (a number cut short would mislead)."""
+    number = f"{progress.requests_per_s:,.0f}"
+    rate = number + " req/s"
+    if progress.warming_up:
+        details = ["warming up"]
+    else:
+        details = [f"{progress.requests:,} done, {progress.errors:,} errors", f"{progress.errors:,} errors"]
+    padded = f"  {progress.elapsed:6.1f}s  {progress.requests_per_s:12,.0f} req/s  {details[0]}"
+    for line in (padded, f"{progress.elapsed:.1f}s {rate} {details[0]}", *(f"{rate} {d}" for d in details), rate, number):
+        if len(line) < width:
+            return line
+    return ""
 
 
 def format_report(report: Report) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -239,13 +240,19 @@ def test_bench_duration_text_report(demo_port: int) -> None:
     assert "Latency" in out.stdout and "Requests/sec:" in out.stdout and " 0 errors" in out.stdout
 
 
-def test_bench_progress_line_on_a_terminal(demo_port: int) -> None:
+def bench_on_a_terminal(port: int, *args: str, columns: int = 0) -> "tuple[subprocess.CompletedProcess[str], bytes]":
+    """``fastrpc bench`` with its stderr on a pseudo-terminal ``columns`` wide (0: size unknown); what it wrote there."""
+    import fcntl
     import pty
+    import struct
+    import termios
 
     master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24 if columns else 0, columns, 0, 0))
+    env = {key: value for key, value in os.environ.items() if key not in ("COLUMNS", "LINES")}
     try:
-        out = subprocess.run([sys.executable, "-m", "fastrpc", "bench", f"127.0.0.1:{demo_port}", "--connections", "2",
-                              "--duration", "1.3"], stdout=subprocess.PIPE, stderr=slave, text=True, timeout=60)
+        out = subprocess.run([sys.executable, "-m", "fastrpc", "bench", f"127.0.0.1:{port}", "--connections", "2", *args],
+                             stdout=subprocess.PIPE, stderr=slave, text=True, timeout=60, env=env)
         os.close(slave)
         slave = -1
         seen = b""
@@ -261,9 +268,23 @@ def test_bench_progress_line_on_a_terminal(demo_port: int) -> None:
         os.close(master)
         if slave >= 0:
             os.close(slave)
+    return out, seen
+
+
+def test_bench_progress_line_on_a_terminal(demo_port: int) -> None:
+    out, seen = bench_on_a_terminal(demo_port, "--duration", "1.3")
     assert out.returncode == 0 and "Requests/sec:" in out.stdout
     assert b"req/s" in seen and b"done, 0 errors" in seen  # the live line went to the terminal...
     assert "req/s" not in out.stdout.split("Requests/sec:")[0]  # ...and not into the report
+
+
+def test_bench_progress_line_fits_a_narrow_terminal(demo_port: int) -> None:
+    out, seen = bench_on_a_terminal(demo_port, "--warmup", "1.1", "--duration", "1.1", columns=40)
+    assert out.returncode == 0 and "Requests/sec:" in out.stdout
+    assert b"req/s" in seen and b"warming up" in seen
+    # Each write starts over at the left edge and clears the line: none may reach the last column (it would wrap).
+    pieces = re.split(rb"\r|\n|\x1b\[K", seen)
+    assert max(len(piece.decode()) for piece in pieces) <= 39, pieces
 
 
 def test_bench_errors_are_counted_and_set_the_exit_status(demo_port: int) -> None:

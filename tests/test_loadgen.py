@@ -312,3 +312,21 @@ def test_histogram_edges() -> None:
     assert histogram.percentile(0.5) <= histogram.percentile(1.0) <= histogram.max
     assert len(histogram.counts) == (LatencyHistogram.MAX_EXP - LatencyHistogram.MIN_EXP + 1) * LatencyHistogram.SUB
 
+
+
+# -- the live progress line ------------------------------------------------------------------
+
+@pytest.mark.parametrize("warming_up", [False, True])
+def test_progress_line_never_reaches_the_last_column(warming_up: bool) -> None:
+    progress = Progress(elapsed=123.4, requests_per_s=1_234_567.0, requests=98_765_432, errors=12, warming_up=warming_up)
+    phase = "warming up" if warming_up else "98,765,432 done, 12 errors"
+    # Longest first: the padding goes, then the elapsed time, then the count done, then the errors.
+    forms = ["   123.4s     1,234,567 req/s  " + phase, "123.4s 1,234,567 req/s " + phase, "1,234,567 req/s " + phase]
+    if not warming_up:
+        forms.append("1,234,567 req/s 12 errors")
+    forms += ["1,234,567 req/s", "1,234,567", ""]  # never a number cut short
+    for longer, shorter in zip(forms, forms[1:]):
+        assert loadgen.format_progress(progress, len(longer) + 1) == longer
+        assert loadgen.format_progress(progress, len(longer)) == shorter
+    for width in range(0, 100):
+        assert len(loadgen.format_progress(progress, width)) <= max(0, width - 1), width
