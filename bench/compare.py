@@ -11,10 +11,13 @@ Then the client side: CPU per call of fastrpc's clients against grpc.aio's.
     python bench/compare.py            # the full set, about 10 minutes
     python bench/compare.py --quick    # a reduced set, under a minute
 
-The report goes to ``bench/results/<date>-<machine>.md`` with a PNG chart
-beside it (the chart needs matplotlib: ``pip install -e ".[bench]"``). A
-server that cannot start (a library not installed, ``redis-server`` absent)
-is reported as such in the table, never dropped.
+The report goes to stdout and to ``<date>-<machine>.md`` with a PNG chart
+beside it (the chart needs matplotlib: ``pip install -e ".[bench]"``) and the
+figures as JSON, in ``--output DIR``; without it, a full run records them in
+``bench/results/`` and a quick run, a check rather than a record, in a new
+temporary directory (a checkout stays clean), named on stderr. A server that
+cannot start (a library not installed, ``redis-server`` absent) is reported
+as such in the table, never dropped.
 """
 
 from __future__ import annotations
@@ -466,7 +469,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="rounds; the table shows each run's median round")
     parser.add_argument("--servers", help="comma-separated names to run (default: all)")
     parser.add_argument("--scenarios", help="comma-separated scenario names to run (default: all, or the quick set)")
-    parser.add_argument("--output", type=Path, default=BENCH / "results", help="directory for the report and chart")
+    parser.add_argument("--output", type=Path, metavar="DIR",
+                        help="directory for the report, chart and figures (default: bench/results; "
+                             "with --quick a new temporary directory)")
     args = parser.parse_args(argv)
 
     quick = args.quick
@@ -505,8 +510,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         clients = measure_clients({s.name: s for s in servers()}, 64, duration, log)
 
     info = machine()
-    args.output.mkdir(parents=True, exist_ok=True)
-    stem = args.output / f"{datetime.date.today().isoformat()}-{machine_slug(info)}{'-quick' if quick else ''}"
+    if args.output is not None:
+        output = args.output
+    elif quick:
+        output = Path(tempfile.mkdtemp(prefix="fastrpc-compare-"))
+    else:
+        output = BENCH / "results"
+    output.mkdir(parents=True, exist_ok=True)
+    stem = output / f"{datetime.date.today().isoformat()}-{machine_slug(info)}{'-quick' if quick else ''}"
     command = "python bench/compare.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     settings = f"{warmup:g} s warmup, {duration:g} s measured per run, {args.repeat} round(s)"
     report = render(outcomes, clients, specs, scenarios, info, command, settings)
@@ -518,6 +529,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         {"machine": info, "settings": settings, "outcomes": [o.__dict__ for o in outcomes], "clients": clients}, indent=1))
     sys.stdout.write(report)
     log(f"report: {stem.with_suffix('.md')}")
+    if args.output is None and quick:
+        log("(a temporary directory: --output DIR keeps the report there, bench/results to record it)")
     log(chart_note)
     return 0
 

@@ -8,6 +8,7 @@ reported, not dropped.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -90,3 +91,18 @@ def test_quick_run_has_a_row_for_every_server(compare: ModuleType, tmp_path: Pat
     assert "## Client side" in report and "## Targets" in report
     chart = report_path.with_suffix(".png")  # matplotlib comes with the test extra
     assert chart.read_bytes().startswith(b"\x89PNG") and f"]({chart.name})" in report
+
+
+def test_quick_run_leaves_bench_results_alone(tmp_path: Path) -> None:
+    """Without --output a quick run writes to a new temporary directory and says where: a checkout stays clean."""
+    results = BENCH / "results"
+    before = {path.name: path.stat().st_mtime_ns for path in results.iterdir()}
+    out = subprocess.run([sys.executable, str(BENCH / "compare.py"), "--quick", "--servers", "floor", "--scenarios", "50x1",
+                          "--duration", "0.1", "--warmup", "0"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert {path.name: path.stat().st_mtime_ns for path in results.iterdir()} == before
+    [report_path] = tmp_path.glob("*/*-quick.md")
+    assert report_path.read_text() == out.stdout
+    assert f"report: {report_path}" in out.stderr.splitlines()
+    assert "--output" in out.stderr  # how to keep it somewhere else
