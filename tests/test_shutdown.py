@@ -147,3 +147,108 @@ def test_serve_shutdown_grace_option(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_sigterm_while_a_client_never_stops_calling(tmp_path: Path) -> None:
+    """A SyncClient calling every 10 ms does not keep a stopping server up: it exits within the grace and a
+    bounded flush, every call it read is answered, and the client learns it is gone (it used to run on)."""
+    port = free_port()
+    grace = 2.0
+    proc = subprocess.Popen([sys.executable, "-m", "fastrpc", "serve", "--port", str(port), "--shutdown-grace", str(grace)],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    outcomes: List[Any] = []
+    stop = threading.Event()
+
+    def keep_calling() -> None:
+        with fastrpc.SyncClient("127.0.0.1", port, timeout=5) as client:
+            for _ in range(5000):  # bounded: 50 s at most
+                if stop.is_set():
+                    return
+                try:
+                    outcomes.append(client.call("ping"))
+                except fastrpc.FastRPCError as exc:
+                    outcomes.append(exc)
+                    if isinstance(exc, fastrpc.ConnectionClosed):
+                        return
+                time.sleep(0.01)
+
+    caller = threading.Thread(target=keep_calling)
+    try:
+        wait_listening(proc, port)  # type: ignore[arg-type]
+        caller.start()
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        status = proc.wait(grace + 10)
+        exited_after = time.monotonic() - started
+        caller.join(10)
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        caller.join(10)
+    assert status == 0
+    assert exited_after < grace + 5, exited_after  # the grace, then at most about 2 s more
+    kinds = ["ok" if o is None else type(o).__name__ for o in outcomes]
+    # Answers, then refusals, then the connection ends: nothing else, in that order.
+    assert kinds[0] == "ok" and kinds[-1] == "ConnectionClosed", kinds
+    assert set(kinds) <= {"ok", "ShuttingDown", "ConnectionClosed"}, kinds
+    assert kinds == sorted(kinds, key=["ok", "ShuttingDown", "ConnectionClosed"].index), kinds
+
+
+def test_close_is_bounded_while_a_client_keeps_calling(run: Any) -> None:
+    """In process: a client pipelining calls without pause, and a handler that ignores its cancellation,
+    cannot hold wait_closed() past the grace and the flush limit."""
+    from fastrpc.server import DRAIN_LIMIT, FLUSH_LIMIT, HANG_UP_LINGER
+
+    async def main() -> None:
+        server = demo_server(shutdown_grace=0.3)
+        released = asyncio.Event()
+        finished = asyncio.Event()
+
+        @server.method
+        async def stubborn() -> str:
+            try:
+                for _ in range(100):  # bounded: 10 s at most
+                    if released.is_set():
+                        break
+                    try:
+                        await asyncio.sleep(0.1)
+                    except asyncio.CancelledError:
+                        pass  # ignores the end of the grace
+                return "done"
+            finally:
+                finished.set()
+
+        async with serving(server) as port:
+            client = await fastrpc.connect("127.0.0.1", port)
+            stubborn_call = asyncio.ensure_future(client.call("stubborn"))
+            seen: List[Any] = []
+
+            async def flood() -> None:
+                for _ in range(100_000):  # bounded
+                    try:
+                        seen.append(await client.call("ping"))
+                    except fastrpc.FastRPCError as exc:
+                        seen.append(exc)
+                        if isinstance(exc, fastrpc.ConnectionClosed):
+                            return
+
+            flooding = asyncio.ensure_future(flood())
+            await asyncio.sleep(0.2)
+            started = time.monotonic()
+            server.close()
+            await asyncio.wait_for(server.wait_closed(), 0.3 + DRAIN_LIMIT + FLUSH_LIMIT + HANG_UP_LINGER + 2)
+            assert time.monotonic() - started < 0.3 + FLUSH_LIMIT + HANG_UP_LINGER + 1.5
+            await asyncio.wait_for(flooding, 5)
+            with pytest.raises(fastrpc.ConnectionClosed):  # its handler never finished: no reply was owed to send
+                await asyncio.wait_for(stubborn_call, 5)
+            await client.close()
+        released.set()  # leave nothing running
+        await asyncio.wait_for(finished.wait(), 5)
+        await asyncio.sleep(0)
+        assert any(isinstance(o, fastrpc.ShuttingDown) for o in seen)
+        assert isinstance(seen[-1], fastrpc.ConnectionClosed)
+
+    run(main())
