@@ -707,7 +707,7 @@ def run(server: Server, host: str = "127.0.0.1", port: int = 8080, *, loop: str 
         for signum in (signal.SIGINT, signal.SIGTERM):
             try:
                 event_loop.add_signal_handler(signum, server.close)
-            except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
+            except (NotImplementedError, RuntimeError, ValueError):  # Windows, or not the main thread (uvloop: ValueError)
                 pass
         event_loop.run_until_complete(server.serve(host, port, **kwargs))
     finally:

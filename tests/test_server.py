@@ -8,8 +8,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 import socket
+import subprocess
+import sys
 import traceback
 from typing import Any, List
 
@@ -19,7 +22,7 @@ import pytest
 import fastrpc
 from fastrpc.server import _Connection
 
-from .conftest import RawConnection, demo_server, frame, serving
+from .conftest import RawConnection, demo_server, frame, free_port, serving
 
 SEED_REQUEST = json.dumps({"in": "ping", "params": "sha params"}).encode("utf-8")
 
@@ -466,3 +469,40 @@ def test_listening_line_names_framing_and_loop(run: Any, framing_impl: Any, capl
     [line] = [r.getMessage() for r in caplog.records if "listening on" in r.getMessage()]
     loop = request.node.callspec.params["run"]
     assert line.endswith(f"(framing {framing.IMPLEMENTATION}, loop {loop})"), line
+
+
+# -- what a server says about itself -------------------------------------------------------
+
+_SERVE_BRIEFLY = """
+import sys, threading, os, signal
+{prelude}
+import fastrpc
+from fastrpc.cli import main
+threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+{serve}
+"""
+
+
+def _serve_briefly(prelude: str, serve: str, env: Any = None) -> str:
+    """Run a server for a second in a subprocess; its stderr."""
+    port = free_port()
+    code = _SERVE_BRIEFLY.format(prelude=prelude, serve=serve.format(port=port))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, **(env or {})})
+    assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
+def test_a_missing_compiled_framing_is_warned_of_once() -> None:
+    blocked = "sys.modules['fastrpc._framing'] = None  # import fails, as in an unbuilt source checkout"
+    stderr = _serve_briefly(blocked, "main(['serve', '--port', '{port}'])", {"FASTRPC_NO_EXTENSIONS": ""})
+    assert "(framing python, loop uvloop)" in stderr
+    assert stderr.count("WARNING") == 1 and "pure-Python framing" in stderr and "FASTRPC_NO_EXTENSIONS=1" in stderr
+    chosen = _serve_briefly("", "main(['serve', '--port', '{port}'])", {"FASTRPC_NO_EXTENSIONS": "1"})
+    assert "(framing python, loop uvloop)" in chosen and "WARNING" not in chosen  # asked for: no warning
+
+
+def test_run_logs_the_listening_line() -> None:
+    stderr = _serve_briefly("", "fastrpc.run(fastrpc.Server(), '127.0.0.1', {port})", {"FASTRPC_NO_EXTENSIONS": ""})
+    assert "INFO [" in stderr and "fastrpc.server: fastrpc listening on 127.0.0.1:" in stderr
+    assert "(framing cython, loop uvloop)" in stderr and "shutting down" in stderr
