@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import socket
 from collections import deque
 from ssl import SSLContext
-from typing import Any, Awaitable, Callable, Deque, FrozenSet, Generator, Iterable, Optional
+from typing import Any, Awaitable, Callable, Deque, Generator, Iterable, Optional
 
 from .auth import AUTH_METHOD
 from .errors import CallTimeout, ConnectionClosed, FastRPCError
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
+from .net import connect_failed, set_nodelay
 from .protocol import ABSENT, ClientConnection
+from .retry import check_retries, resendable, retry_delay
 
 __all__ = ["Client", "connect", "DEFAULT_MAX_PENDING"]
 
@@ -41,7 +42,7 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         self.core = core
         self.loop = loop
         self.transport: Optional[asyncio.Transport] = None
-        self.closed = loop.create_future()
+        self.lost = loop.create_future()  # done once the connection is gone
         self.error: Optional[BaseException] = None
         self._flush_scheduled = False
         self.max_pending = max_pending
@@ -50,9 +51,7 @@ class _ClientProtocol(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        set_nodelay(transport.get_extra_info("socket"))
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.core.get_buffer(sizehint)
@@ -68,14 +67,14 @@ class _ClientProtocol(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         self.core.close(self.error or exc)
-        if not self.closed.done():
-            self.closed.set_result(None)
+        if not self.lost.done():
+            self.lost.set_result(None)
         self.make_room()
 
     def make_room(self) -> None:
         """Let waiting calls go, oldest first, as many as there are free places (all of them once closed)."""
         room = self.room
-        if self.closed.done():
+        if self.lost.done():
             while room:
                 waiter = room.popleft()
                 if not waiter.done():
@@ -125,7 +124,7 @@ class Client:
     @property
     def closed(self) -> bool:
         """True once the connection is closed or lost."""
-        return self._protocol.closed.done()
+        return self._protocol.lost.done()
 
     async def call(
         self, method: str, params: Any = ABSENT, *, timeout: Optional[float] = ABSENT,
@@ -150,12 +149,12 @@ class Client:
         if self.retries and resendable(method, idempotent, self.idempotent):
             return await self._call_retrying(method, params, timeout)
         protocol = self._protocol
-        if protocol.closed.done() and self.retries and not self._closing:
+        if protocol.lost.done() and self.retries and not self._closing:
             await self._reconnect(timeout)  # a call not yet sent is safe to send on a new connection
             protocol = self._protocol
         if self._core.pending + protocol.waking >= protocol.max_pending or protocol.room:
             await self._wait_for_room(method, timeout)
-        if protocol.closed.done():
+        if protocol.lost.done():
             raise ConnectionClosed("connection is closed")
         future = self._loop.create_future()
         key = self._core.request(method, params, future, deadline=timeout)
@@ -183,7 +182,7 @@ class Client:
         """Wait, in line, until a place among ``max_pending`` is free: the client buffers no more than that."""
         protocol = self._protocol
         deadline = None if timeout is None else self._loop.time() + timeout
-        while not protocol.closed.done():
+        while not protocol.lost.done():
             waiter: "asyncio.Future[bool]" = self._loop.create_future()
             protocol.room.append(waiter)
             protocol.make_room()  # there may be a place already
@@ -249,7 +248,7 @@ class Client:
         if protocol.transport is not None:
             protocol.flush()
             protocol.transport.close()
-        await asyncio.shield(protocol.closed)
+        await asyncio.shield(protocol.lost)
 
     async def __aenter__(self) -> "Client":
         return self
@@ -261,24 +260,6 @@ class Client:
 def _expire(future: "asyncio.Future[Any]", method: str, timeout: float) -> None:
     if not future.done():
         future.set_exception(CallTimeout(f"call to {method!r} timed out after {timeout} s"))
-
-
-def check_retries(retries: int) -> int:
-    if retries < 0:
-        raise ValueError(f"retries must not be negative, got {retries!r}")
-    return retries
-
-
-def resendable(method: str, idempotent: Optional[bool], idempotent_methods: FrozenSet[str]) -> bool:
-    """Whether a call lost with its connection may be sent again: ``idempotent`` given for the call, else its method's."""
-    return idempotent if idempotent is not None else method in idempotent_methods
-
-
-def retry_delay(attempt: int) -> float:
-    """Seconds to wait before resending a call whose connection was lost ``attempt + 1`` times.
-
-    The first resend goes at once (another server or worker is likely up); later ones back off, up to 1 s."""
-    return min(0.05 * (2 ** attempt - 1), 1.0)
 
 
 def _consume(task: "asyncio.Task[None]") -> None:
@@ -307,10 +288,8 @@ async def _dial(
                                    server_hostname=server_hostname if ssl is not None else None),
             connect_timeout,
         )
-    except asyncio.TimeoutError:
-        raise ConnectionClosed(f"could not connect to {host}:{port} within {connect_timeout} s") from None
-    except OSError as exc:  # ssl.SSLError too: a failed handshake
-        raise ConnectionClosed(f"could not connect to {host}:{port}: {exc.strerror or exc}") from exc
+    except (asyncio.TimeoutError, OSError) as exc:  # ssl.SSLError too: a failed handshake
+        raise connect_failed(host, port, exc, connect_timeout) from exc
     if token is not None:
         first = Client(protocol, None)
         try:

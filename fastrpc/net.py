@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from typing import Any, Optional
 
 from .errors import ConnectionClosed
@@ -20,14 +21,16 @@ def set_nodelay(sock: Optional[socket.socket]) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def connect_failed(host: str, port: Any, exc: BaseException, timeout: Optional[float] = None) -> ConnectionClosed:
+def connect_failed(host: str, port: Any, exc: BaseException, timeout: Optional[float] = None, *,
+                   tls: bool = False) -> ConnectionClosed:
     """The ConnectionClosed to raise when a connection to ``host:port`` could not be opened.
 
     ``exc`` is what the attempt raised: a timeout (worded with ``timeout``), an OSError (its
-    ``strerror``, without the ``[Errno N]`` prefix) or anything else (its text)."""
-    where = f"could not connect to {host}:{port}"
+    ``strerror``, without the ``[Errno N]`` prefix) or anything else (its text). A failed TLS
+    handshake (``tls``, or an ``ssl.SSLError``) says so."""
+    where = f"could not connect to {host}:{port}: " + ("TLS: " if tls or isinstance(exc, ssl.SSLError) else "")
     if isinstance(exc, (TimeoutError, socket.timeout, asyncio.TimeoutError)):
-        return ConnectionClosed(f"{where}: no connection within {timeout:g} s" if timeout is not None else f"{where}: timed out")
+        return ConnectionClosed(where + (f"no connection within {timeout:g} s" if timeout is not None else "timed out"))
     if isinstance(exc, OSError) and exc.strerror:
-        return ConnectionClosed(f"{where}: {exc.strerror}")
-    return ConnectionClosed(f"{where}: {exc}")
+        return ConnectionClosed(where + exc.strerror)
+    return ConnectionClosed(where + str(exc))

@@ -194,9 +194,9 @@ class Server:
         self._server = await loop.create_server(
             lambda: _Connection(self), host, port, ssl=ssl, reuse_port=reuse_port or None, backlog=backlog, **handshake
         )
-        engine = f"framing {framing.IMPLEMENTATION}, loop {_loop_name(loop)}"
+        engine = ("TLS, " if ssl is not None else "") + f"framing {framing.IMPLEMENTATION}, loop {_loop_name(loop)}"
         for address in self.addresses:
-            log.info("fastrpc listening on %s:%s%s (%s)", address[0], address[1], " with TLS" if ssl is not None else "", engine)
+            log.info("fastrpc listening on %s:%s (%s)", address[0], address[1], engine)
         _warn_if_fallback()
         self._watch()
 

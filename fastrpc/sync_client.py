@@ -21,8 +21,9 @@ from typing import Any, Iterable, List, Optional, Sequence, Set, Tuple, Union
 from .auth import AUTH_METHOD
 from .errors import CallTimeout, ConnectionClosed, FastRPCError, FrameTooLarge
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
-from .client import check_retries, resendable, retry_delay
+from .net import connect_failed, set_nodelay
 from .protocol import ABSENT, ClientConnection
+from .retry import check_retries, resendable, retry_delay
 
 __all__ = ["SyncClient"]
 
@@ -164,7 +165,7 @@ class SyncClient:
     @property
     def closed(self) -> bool:
         """True once the connection is closed or lost."""
-        return self._link.closed is not None
+        return self._link.failure is not None
 
     def call(
         self, method: str, params: Any = ABSENT, *, timeout: Optional[float] = ABSENT,
@@ -224,7 +225,7 @@ class SyncClient:
         for attempt in range(self.retries + 1):
             link = self._link
             try:
-                if link.closed is not None:
+                if link.failure is not None:
                     link = self._reconnect(link, deadline)
             except ConnectionClosed as exc:
                 part, redo = _failed(len(todo), exc), todo  # none of them was sent: all may go again
@@ -256,8 +257,8 @@ class SyncClient:
                 self._link = self._dial(timeout)
                 lost.close()
             link = self._link
-        if link.closed is not None:
-            raise ConnectionClosed(link.closed)
+        if link.failure is not None:
+            raise ConnectionClosed(link.failure)
         return link
 
 
@@ -279,11 +280,9 @@ class _Link:
         self._core = ClientConnection(_deliver, ids=ids, max_frame_size=max_frame_size)
         try:
             sock = socket.create_connection((host, port), timeout=connect_timeout)
-        except socket.timeout:
-            raise ConnectionClosed(f"could not connect to {host}:{port} within {connect_timeout} s") from None
-        except OSError as exc:
-            raise ConnectionClosed(f"could not connect to {host}:{port}: {exc.strerror or exc}") from exc
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:  # socket.timeout among them
+            raise connect_failed(host, port, exc, connect_timeout) from exc
+        set_nodelay(sock)
         self._tls: Optional[_Tls] = None
         if ssl is not None:
             try:
@@ -291,15 +290,16 @@ class _Link:
                 self._tls.handshake(sock)
             except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
                 sock.close()
-                raise ConnectionClosed(f"could not connect to {host}:{port}: TLS: {exc}") from exc
+                raise connect_failed(host, port, exc, tls=True) from exc
         # Non-blocking: every wait goes through select() with the caller's deadline.
         sock.setblocking(False)
         self._sock = sock
         self._send_lock = threading.Lock()  # keeps frames whole and in core order on the wire
         self._state = threading.Lock()  # guards the core's call table and the fields below
         self._reading = False  # a thread is reading for everyone
+        self._read_done = threading.Condition(self._state)  # notified when that thread stops reading
         self._waiting: Set[_Batch] = set()  # batches whose threads sleep while another reads
-        self.closed: Optional[str] = None  # why the connection is unusable
+        self.failure: Optional[str] = None  # why the connection is unusable (None while it is usable)
         if token is not None:
             batch = self.run([(AUTH_METHOD, token)], connect_timeout)
             if batch.errors[0] is not None:
@@ -310,9 +310,8 @@ class _Link:
         self._lost(None)
         # Readers and senders wake up on the shut-down socket; close the
         # descriptor only once neither uses it.
-        deadline = time.monotonic() + 5.0
-        while self._reading and time.monotonic() < deadline:
-            time.sleep(0.001)
+        with self._state:
+            self._read_done.wait_for(lambda: not self._reading, timeout=5.0)
         with self._send_lock:
             self._sock.close()
 
@@ -337,8 +336,8 @@ class _Link:
         core = self._core
         with self._send_lock:
             with self._state:
-                if self.closed is not None:
-                    raise ConnectionClosed(self.closed)
+                if self.failure is not None:
+                    raise ConnectionClosed(self.failure)
                 keys: List[int] = []
                 try:
                     left = _remaining(deadline)
@@ -361,7 +360,7 @@ class _Link:
                     pass
                 except OSError as exc:
                     self._lost(exc)
-                    raise ConnectionClosed(self.closed) from exc
+                    raise ConnectionClosed(self.failure) from exc
                 if view and not select.select([], [self._sock], [], _remaining(deadline))[1]:
                     if len(view) < len(data):
                         # Half a frame is on the wire: the stream cannot be resynchronised.
@@ -400,6 +399,7 @@ class _Link:
         finally:
             with state:
                 self._reading = False
+                self._read_done.notify_all()
                 for other in self._waiting:
                     if other.left:
                         other.event.set()  # type: ignore[union-attr]  # your turn to read
@@ -410,7 +410,7 @@ class _Link:
         core = self._core
         sock = self._sock
         while batch.left:
-            if self.closed is not None:
+            if self.failure is not None:
                 return True  # the core failed every pending call
             if not select.select([sock], [], [], _remaining(deadline))[0]:
                 return False
@@ -442,9 +442,9 @@ class _Link:
     def _lost(self, cause: Optional[BaseException]) -> None:
         """The connection is unusable: fail every pending call, naming ``cause``."""
         with self._state:
-            if self.closed is not None:
+            if self.failure is not None:
                 return
-            self.closed = "connection closed" + (f": {cause}" if cause else "")
+            self.failure = "connection closed" + (f": {cause}" if cause else "")
             try:
                 self._sock.shutdown(socket.SHUT_RDWR)
             except OSError:

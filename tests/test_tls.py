@@ -124,7 +124,7 @@ def test_serve_with_tls_options(tmp_path: Path, files: dict) -> None:
         assert out.returncode == 3, out.stderr
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
-        assert "(TLS)" in proc.stderr.read()
+        assert "(TLS, framing " in proc.stderr.read()
     out = subprocess.run([sys.executable, "-m", "fastrpc", "serve", "--tls-cert", str(tmp_path / "missing.pem")],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode != 0 and "cannot load the TLS certificate" in out.stderr
