@@ -13,7 +13,8 @@ what cannot be avoided:
   each batch's latency once, weighted by how many of its requests it held.
 - Every reply is checked, but cheaply: a body byte-identical to the last one
   verified as a success is a success without parsing; any other body is
-  parsed and classified (and becomes the new reference if it succeeded).
+  parsed and classified by the rule the clients use (``protocol.read_reply``),
+  and becomes the new reference if it succeeded.
 - Latencies go into a fixed array of log-spaced buckets, so memory does not
   grow with the length of the run.
 
@@ -27,17 +28,15 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional
 
-import orjson
-
-from .errors import FrameTooLarge
-from .framing import FrameReader
-from .protocol import ABSENT
+from .errors import FrameTooLarge, ProtocolError, RemoteError
+from .framing import FrameReader, pack_frames
+from .net import connect_failed, set_nodelay
+from .protocol import ABSENT, encode_request, read_reply
 
 __all__ = ["LatencyHistogram", "Progress", "Report", "format_progress", "format_report", "run_load"]
 
@@ -50,8 +49,6 @@ _PROGRESS_INTERVAL = 1.0
 _CLOSE_TIMEOUT = 2.0  # seconds the connections get to report themselves closed
 
 _clock = time.perf_counter  # loop.time() is only millisecond-precise under uvloop
-_loads = orjson.loads
-_JSONDecodeError = orjson.JSONDecodeError
 _frexp = math.frexp
 
 
@@ -170,9 +167,7 @@ class _LoadConnection(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        set_nodelay(transport.get_extra_info("socket"))
 
     def get_buffer(self, sizehint: int) -> memoryview:  # replaced per instance in __init__
         return self._reader.get_buffer(sizehint)
@@ -245,28 +240,20 @@ class _LoadConnection(asyncio.BufferedProtocol):
         return skipped
 
     def _verify(self, body: Any) -> bool:
-        """Classify a reply unlike the last good one: True for a success.
+        """Classify a reply unlike the last good one, as the clients do: True for a success.
 
         A reply that is not a JSON object cannot be trusted to answer a
         request at all: it is an error and sets ``broken``.
         """
         try:
-            reply = _loads(body)
-        except _JSONDecodeError as exc:
-            self.broken = f"protocol error: a reply is not JSON ({exc})"
+            _, _, error = read_reply(body)
+        except ProtocolError as exc:
+            self.broken = f"protocol error: {exc}"
             return False
-        if type(reply) is not dict:
-            self.broken = "protocol error: a reply is not a JSON object"
-            return False
-        out = reply.get("out")
-        if out != "error" and "result" in reply:
+        if error is None:
             self._good = bytes(body)  # a frame may be a view into the reader's buffer
             return True
-        error = reply.get("error")
-        if out == "error" and type(error) is dict:
-            self._load.sample(f"error {error.get('code')}: {error.get('message')}")
-        else:
-            self._load.sample(f"a reply is neither a result nor an error: {bytes(body)[:100]!r}")
+        self._load.sample(f"error {error.code}: {error.message}" if isinstance(error, RemoteError) else str(error))
         return False
 
     def _retire(self, count: int, now: float, histogram: Optional[LatencyHistogram]) -> None:
@@ -352,10 +339,8 @@ class _Load:
         self.connections = [r for r in results if isinstance(r, _LoadConnection)]
         self._alive = len(self.connections)
         for result in results:
-            if isinstance(result, asyncio.TimeoutError):
-                raise ConnectionError(f"could not connect to {host}:{port}: no connection after {timeout:g} s") from result
             if isinstance(result, BaseException):
-                raise ConnectionError(f"could not connect to {host}:{port}: {result}") from result
+                raise connect_failed(host, port, result, timeout) from result
 
     def start(self) -> None:
         """Fill every connection's pipeline."""
@@ -442,14 +427,6 @@ class _Load:
             await asyncio.wait([c.gone for c in self.connections], timeout=_CLOSE_TIMEOUT)
 
 
-def _request_frame(method: str, params: Any) -> bytes:
-    request: Dict[str, Any] = {"in": method}
-    if params is not ABSENT:
-        request["params"] = params
-    body = orjson.dumps(request)
-    return len(body).to_bytes(4, "big") + body
-
-
 async def run_load(
     host: str,
     port: int,
@@ -485,7 +462,7 @@ async def run_load(
     if warmup < 0 or not connect_timeout > 0:
         raise ValueError("warmup must not be negative and connect_timeout must be positive")
 
-    load = _Load(_request_frame(method, params), depth, requests, progress)
+    load = _Load(pack_frames([encode_request(method, params)]), depth, requests, progress)
     try:
         await load.connect(host, port, connections, connect_timeout)
         if warmup:

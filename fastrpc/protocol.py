@@ -433,14 +433,7 @@ class ClientConnection:
         the maximum frame size.
         """
         key = self._next_key()
-        request: Dict[str, Any] = {"in": method}
-        if params is not ABSENT:
-            request["params"] = params
-        if self.ids:
-            request["id"] = key
-        if deadline is not None:
-            request["deadline"] = max(0, math.ceil(deadline * 1000))
-        body = _dumps(request)
+        body = encode_request(method, params, key if self.ids else None, deadline)
         if len(body) > self._max_frame_size:
             raise FrameTooLarge(len(body), self._max_frame_size)
         self._out.append(body)
@@ -484,33 +477,22 @@ class ClientConnection:
             self._receive_frame(body)
 
     def _receive_frame(self, body: Union[bytes, memoryview]) -> None:
-        try:
-            response = _loads(body)
-        except _JSONDecodeError as exc:
-            raise ProtocolError(f"server sent a frame that is not JSON: {exc}") from None
-        if type(response) is not dict:
-            raise ProtocolError("server sent a response that is not a JSON object")
+        response, result, error = read_reply(body)
         rid = response.get("id")
         if rid is None:
             if not self._order:
-                self._unmatched(response)
+                self._unmatched(error)
                 return
             key = self._order.popleft()
         else:
             key = rid
         waiter = self._pending.pop(key, None)
-        error = response.get("error")
-        if response.get("out") == "error" and type(error) is dict:
-            exc = _decode_error(error)
-            if waiter is not None:
-                self._deliver(waiter, None, exc)
-        elif waiter is not None:
-            self._deliver(waiter, response.get("result"), None)
+        if waiter is not None:
+            self._deliver(waiter, result, error)
 
-    def _unmatched(self, response: Dict[str, Any]) -> None:
-        error = response.get("error")
-        if response.get("out") == "error" and type(error) is dict:
-            self.connection_error = _decode_error(error)
+    def _unmatched(self, error: Optional[BaseException]) -> None:
+        if isinstance(error, RemoteError):
+            self.connection_error = error
         elif self.ids:
             raise ProtocolError("server sent a response without an id; is it an id-less server? use ids=False")
         else:
@@ -540,3 +522,42 @@ def _decode_error(error: Dict[str, Any]) -> RemoteError:
         message if type(message) is str else repr(message),
         error.get("data"),
     )
+
+
+# -- shared by the clients and the load generator ------------------------------------
+
+def encode_request(method: str, params: Any = ABSENT, rid: Optional[Id] = None, deadline: Optional[float] = None) -> bytes:
+    """A request body (docs/protocol.md section 3): ``params`` left out when ABSENT, ``id`` when
+    None; ``deadline`` (seconds) is sent as whole milliseconds, rounded up."""
+    request: Dict[str, Any] = {"in": method}
+    if params is not ABSENT:
+        request["params"] = params
+    if rid is not None:
+        request["id"] = rid
+    if deadline is not None:
+        request["deadline"] = max(0, math.ceil(deadline * 1000))
+    return _dumps(request)
+
+
+def read_reply(body: Union[bytes, memoryview]) -> Tuple[Dict[str, Any], Any, Optional[BaseException]]:
+    """A reply body read: ``(reply, result, None)`` for a success, ``(reply, None, error)`` else.
+
+    A success carries ``result`` (null included) and an ``out`` other than "error"; an error
+    reply is ``out`` "error" with an ``error`` object, given as its RemoteError. Anything else
+    (no ``result``, an ``error`` that is no object) answers its call with a ProtocolError, and
+    the connection goes on. A body that is not JSON, or not an object, raises ProtocolError:
+    it cannot be trusted to answer any request, so the connection is done.
+    """
+    try:
+        reply = _loads(body)
+    except _JSONDecodeError as exc:
+        raise ProtocolError(f"server sent a frame that is not JSON: {exc}") from None
+    if type(reply) is not dict:
+        raise ProtocolError("server sent a response that is not a JSON object")
+    if "result" in reply and reply.get("out") != "error":
+        return reply, reply["result"], None
+    error = reply.get("error")
+    if reply.get("out") == "error" and type(error) is dict:
+        return reply, None, _decode_error(error)
+    text = _dumps(reply)[:100].decode("utf-8", "replace")
+    return reply, None, ProtocolError(f"server sent a reply that is neither a result nor an error: {text}")

@@ -295,11 +295,15 @@ def test_bench_errors_are_counted_and_set_the_exit_status(demo_port: int) -> Non
     assert any("-32601" in sample for sample in report["error_samples"])
 
 
-def test_bench_connection_refused() -> None:
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_bench_connection_refused(loop: str) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        out = fastrpc_bench(f"127.0.0.1:{sock.getsockname()[1]}", "--requests", "10")
-    assert out.returncode == 3 and "could not connect" in out.stderr and out.stdout == ""
+        port = sock.getsockname()[1]
+        out = fastrpc_bench(f"127.0.0.1:{port}", "--requests", "10", "--loop", loop)
+    assert out.returncode == 3 and out.stdout == ""
+    [line] = out.stderr.splitlines()
+    assert line.startswith(f"fastrpc: could not connect to 127.0.0.1:{port}: ") and "[Errno" not in line
 
 
 @pytest.mark.parametrize("args, message", [

@@ -19,7 +19,7 @@ from typing import Any, Callable, List
 
 import pytest
 
-from fastrpc import loadgen
+from fastrpc import loadgen, net
 from fastrpc.framing import FrameReader
 from fastrpc.loadgen import LatencyHistogram, Progress, Report, format_report, run_load
 
@@ -330,3 +330,20 @@ def test_progress_line_never_reaches_the_last_column(warming_up: bool) -> None:
         assert loadgen.format_progress(progress, len(longer)) == shorter
     for width in range(0, 100):
         assert len(loadgen.format_progress(progress, width)) <= max(0, width - 1), width
+
+
+def test_connections_turn_nagle_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: List[int] = []
+
+    def set_nodelay(sock: Any) -> None:
+        net.set_nodelay(sock)
+        seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    monkeypatch.setattr(loadgen, "set_nodelay", set_nodelay)
+
+    async def main() -> Report:
+        async with serving(demo_server()) as port:
+            return await run_load(HOST, port, connections=3, duration=None, requests=30)
+
+    assert asyncio.run(asyncio.wait_for(main(), 10)).successes == 30
+    assert len(seen) == 3 and all(seen)
