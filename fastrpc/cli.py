@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import logging
 import os
-import socket
 import ssl
 import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -17,8 +15,9 @@ import orjson
 from . import __version__
 from .errors import CallTimeout, ConnectionClosed, RemoteError
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
+from .net import listen_failed
 from .protocol import ABSENT
-from .server import Server, run
+from .server import LOG_FORMAT, Server, run
 
 # Exit statuses of `fastrpc call` (2 is argparse's usage error).
 EXIT_REMOTE_ERROR = 1
@@ -59,27 +58,6 @@ def _server_arguments(settings: Dict[str, Any]) -> List[str]:
     return arguments
 
 
-def listen_failed(host: str, port: int, exc: OSError) -> str:
-    """One line saying why listening on ``host:port`` failed (``exc`` from the bind: an OSError, a socket.gaierror)."""
-    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    if isinstance(exc, socket.gaierror):
-        if exc.errno == socket.EAI_NONAME:
-            reason = "not an IP address nor a known host name"
-        else:
-            reason = f"cannot resolve the host name: {exc.strerror or exc}"
-    elif exc.errno:
-        # asyncio's strerror repeats the address; the system's text for the errno does not.
-        reason = os.strerror(exc.errno)
-        reason = reason[:1].lower() + reason[1:]
-        if exc.errno == errno.EADDRNOTAVAIL:
-            reason += " (not an address of this machine)"
-        elif exc.errno == errno.EACCES and 0 < port < 1024:
-            reason += " (ports below 1024 need privileges)"
-    else:
-        reason = str(exc)
-    return f"fastrpc: cannot listen on {where}: {reason}"
-
-
 def _serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         return _serve_workers(args)
@@ -96,7 +74,7 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:  # socket.gaierror too
         if server.addresses:  # it was listening: not a failure to bind
             raise
-        print(listen_failed(args.host, args.port, exc), file=sys.stderr)
+        print(f"fastrpc: {listen_failed(args.host, args.port, exc)}", file=sys.stderr)
         return 1
     return 0
 
@@ -376,5 +354,5 @@ _SERVER_FLAGS: Dict[str, str] = {
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
     return int(args.handler(args))

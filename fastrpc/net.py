@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import socket
 import ssl
 from typing import Any, Optional
 
 from .errors import ConnectionClosed
 
-__all__ = ["set_nodelay", "connect_failed"]
+__all__ = ["set_nodelay", "connect_failed", "listen_failed"]
 
 
 def set_nodelay(sock: Optional[socket.socket]) -> None:
@@ -25,12 +27,34 @@ def connect_failed(host: str, port: Any, exc: BaseException, timeout: Optional[f
                    tls: bool = False) -> ConnectionClosed:
     """The ConnectionClosed to raise when a connection to ``host:port`` could not be opened.
 
-    ``exc`` is what the attempt raised: a timeout (worded with ``timeout``), an OSError (its
-    ``strerror``, without the ``[Errno N]`` prefix) or anything else (its text). A failed TLS
-    handshake (``tls``, or an ``ssl.SSLError``) says so."""
+    ``exc`` is what the attempt raised: a timeout (worded with ``timeout``), an OSError (the system's
+    words for its errno, the same on every loop, without ``[Errno N]``) or anything else (its text).
+    A failed TLS handshake (``tls``, or an ``ssl.SSLError``) says so."""
     where = f"could not connect to {host}:{port}: " + ("TLS: " if tls or isinstance(exc, ssl.SSLError) else "")
     if isinstance(exc, (TimeoutError, socket.timeout, asyncio.TimeoutError)):
         return ConnectionClosed(where + (f"no connection within {timeout:g} s" if timeout is not None else "timed out"))
-    if isinstance(exc, OSError) and exc.strerror:
-        return ConnectionClosed(where + exc.strerror)
-    return ConnectionClosed(where + str(exc))
+    if isinstance(exc, (ssl.SSLError, socket.gaierror)) or not isinstance(exc, OSError) or not exc.errno:
+        return ConnectionClosed(where + (getattr(exc, "strerror", None) or str(exc)))
+    # asyncio's own strerror differs by loop ("Connect call failed ..."); the errno's words do not.
+    return ConnectionClosed(where + os.strerror(exc.errno))
+
+
+def listen_failed(host: str, port: int, exc: OSError) -> str:
+    """The words saying why listening on ``host:port`` failed (``exc`` from the bind: an OSError, a socket.gaierror)."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(exc, socket.gaierror):
+        if exc.errno == socket.EAI_NONAME:
+            reason = "not an IP address nor a known host name"
+        else:
+            reason = f"cannot resolve the host name: {exc.strerror or exc}"
+    elif exc.errno:
+        # asyncio's strerror repeats the address; the system's text for the errno does not.
+        reason = os.strerror(exc.errno)
+        reason = reason[:1].lower() + reason[1:]
+        if exc.errno == errno.EADDRNOTAVAIL:
+            reason += " (not an address of this machine)"
+        elif exc.errno == errno.EACCES and 0 < port < 1024:
+            reason += " (ports below 1024 need privileges)"
+    else:
+        reason = str(exc)
+    return f"cannot listen on {where}: {reason}"

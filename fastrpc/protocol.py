@@ -31,7 +31,7 @@ from .errors import (
 from .framing import FrameReader, pack_frames
 from .limits import DEFAULT_MAX_FRAME_SIZE, PROBE_LENGTH, PROBE_REPLY
 
-__all__ = ["ABSENT", "Method", "Call", "ServerConnection", "ClientConnection", "encode_error"]
+__all__ = ["ABSENT", "Method", "Call", "ServerConnection", "ClientConnection", "encode_error", "encode_request", "read_reply"]
 
 _loads = orjson.loads
 _dumps = orjson.dumps

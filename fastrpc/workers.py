@@ -16,6 +16,8 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional
 
+from .net import listen_failed
+
 log = logging.getLogger("fastrpc.workers")
 
 POLL_INTERVAL = 0.1  # seconds between checks on the workers
@@ -41,7 +43,7 @@ def reserve_port(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise SystemExit(f"fastrpc: cannot bind {host}:{port}: {exc.strerror or exc}") from None
+        raise SystemExit(f"fastrpc: {listen_failed(host, port, exc)}") from None
     return sock
 
 

@@ -92,8 +92,8 @@ def test_serve_on_a_port_in_use_says_so_in_one_line() -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        for loop in ("uvloop", "asyncio"):
-            out = serve_fails(["--port", str(port), "--loop", loop])
+        for args in (["--loop", "uvloop"], ["--loop", "asyncio"], ["--workers", "2"]):
+            out = serve_fails(["--port", str(port), *args])
             assert (out.returncode, out.stderr) == (1, f"fastrpc: cannot listen on 127.0.0.1:{port}: address already in use\n")
 
 
