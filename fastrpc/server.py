@@ -206,8 +206,9 @@ class Server:
         if not timeouts or (self._closing and not self._connections):
             return
         loop = asyncio.get_running_loop()
+        now = loop.time()
         for connection in list(self._connections):
-            connection.watch(loop.time())
+            connection.watch(now)
         self._watchdog = loop.call_later(min(timeouts) / 4, self._watch)
 
     async def serve(self, host: str = "127.0.0.1", port: int = 8080, **kwargs: Any) -> None:
@@ -265,7 +266,7 @@ class Server:
 
     def _end_all(self) -> None:
         for connection in list(self._connections):
-            connection._end()
+            connection.end()
 
     # -- the connections' bookkeeping (called by _Connection) -----------------------
 
@@ -314,7 +315,7 @@ class _Connection(asyncio.BufferedProtocol):
       refused with -32002, running ones go on until the grace ends
       (``cancel_calls``). It ends once it owes no reply and either nothing
       arrived for ``LINGER`` or it has drained for ``DRAIN_LIMIT``.
-    - ``ENDING`` (``_end``): what was written is followed by a FIN, nothing
+    - ``ENDING`` (``end``): what was written is followed by a FIN, nothing
       more is read, and the socket is closed ``HANG_UP_LINGER`` later
       (aborted if the peer has not taken its replies by then).
     - ``CLOSED`` (``connection_lost``): the socket is gone; calls still
@@ -385,7 +386,7 @@ class _Connection(asyncio.BufferedProtocol):
         if data:
             self._transport.write(data)
         if core.closing:
-            self._end()
+            self.end()
         elif self._state is DRAINING:
             self._close_when_quiet()
 
@@ -410,18 +411,18 @@ class _Connection(asyncio.BufferedProtocol):
 
     def _auth_failed(self) -> None:
         log.warning("connection from %s failed to authenticate; closing", self._peer)
-        self._loop.call_soon(self._end)  # after the refusal is written
+        self._loop.call_soon(self.end)  # after the refusal is written
 
     def _hang_up(self, code: int, message: str) -> None:
         """Send one error frame, then end the connection."""
         self._transport.write(pack_frames([encode_error(code, message)]))
-        self._end()
+        self.end()
 
     def _done(self) -> bool:
         """ENDING, CLOSED or its transport closing: nothing more is read or written."""
         return self._state is ENDING or self._state is CLOSED or self._transport.is_closing()
 
-    def _end(self) -> None:
+    def end(self) -> None:
         """Go to ENDING: close after the data written so far (a FIN follows it at once), read nothing more."""
         if self._done():
             return
@@ -532,9 +533,9 @@ class _Connection(asyncio.BufferedProtocol):
         if self._tasks or self._done():
             return  # the last call to finish comes back here, from _flush
         if self._loop.time() >= self._drain_until:
-            self._end()
+            self.end()
         else:
-            self._timer = self._loop.call_later(LINGER, self._end)
+            self._timer = self._loop.call_later(LINGER, self.end)
 
     # -- async handlers ------------------------------------------------------------
 
