@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, List
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, List, Optional, TypeVar
 
 import pytest
 
@@ -29,6 +29,8 @@ if _framing_c is not None:
     IMPLEMENTATIONS["cython"] = _framing_c
 
 TEST_TIMEOUT = 30.0
+
+T = TypeVar("T")
 
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS))
@@ -114,6 +116,42 @@ def demo_server(**kwargs: Any) -> fastrpc.Server:
     return server
 
 
+_TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
+               7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"}
+
+
+def tcp_sockets(port: int) -> List[str]:
+    """The machine's IPv4 TCP sockets on ``port`` (either end), from /proc/net/tcp: "local -> remote STATE
+    queued tx/rx" (for a LISTEN socket, rx is its accept queue). Of a connect that does not return: client
+    end in SYN_SENT, the handshake is not done (a full accept queue drops SYNs); both ends ESTABLISHED,
+    it is done and the event loop missed it (the socket's fd is not in its selector as it believes);
+    no client end, or the server's in CLOSE_WAIT, the client's fd was closed under it."""
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return ["(no /proc/net/tcp)"]
+    found = []
+    for line in lines:
+        fields = line.split()
+        local, remote, state, queues = fields[1], fields[2], int(fields[3], 16), fields[4]
+        ports = {int(local.split(":")[1], 16), int(remote.split(":")[1], 16)}
+        if port in ports:
+            tx, rx = (int(q, 16) for q in queues.split(":"))
+            ends = [f"{int(a.split(':')[1], 16)}" for a in (local, remote)]
+            found.append(f"{ends[0]} -> {ends[1]} {_TCP_STATES.get(state, state)} queued {tx}/{rx}")
+    return found
+
+
+async def within(step: str, awaitable: Awaitable[T], seconds: float, port: Optional[int] = None) -> T:
+    """Await ``awaitable`` for at most ``seconds``; past that, fail naming ``step`` and, given the server's
+    ``port``, showing what the kernel holds on it: a hang gets a cause, not the test's 30 s limit."""
+    try:
+        return await asyncio.wait_for(awaitable, seconds)
+    except asyncio.TimeoutError:
+        where = "" if port is None else f"; TCP sockets on port {port}: {tcp_sockets(port) or 'none'}"
+        raise AssertionError(f"{step}: not done after {seconds:g} s{where}") from None
+
+
 def frame(body: bytes) -> bytes:
     return len(body).to_bytes(4, "big") + body
 
@@ -126,8 +164,10 @@ class RawConnection:
         self.writer = writer
 
     @classmethod
-    async def open(cls, port: int) -> "RawConnection":
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async def open(cls, port: int, timeout: float = 10.0) -> "RawConnection":
+        """Connect to 127.0.0.1:``port``; fails, saying what the kernel shows of the port, if that takes ``timeout`` s."""
+        reader, writer = await within(f"connecting to 127.0.0.1:{port}", asyncio.open_connection("127.0.0.1", port),
+                                      timeout, port)
         return cls(reader, writer)
 
     async def send(self, data: bytes) -> None:
