@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
+import pkgutil
 import signal
 import socket
 import subprocess
@@ -11,12 +13,13 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, List, Optional, TypeVar
+from types import ModuleType
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterator, List, Optional, TypeVar
 
 import pytest
 
 import fastrpc
-from fastrpc import _framing_py, protocol
+from fastrpc import _framing_py, framing
 from fastrpc.server import new_event_loop
 
 try:
@@ -32,14 +35,50 @@ TEST_TIMEOUT = 30.0
 
 T = TypeVar("T")
 
+# -- which framing runs ------------------------------------------------------------------
+#
+# Every module of the package that uses the framing imported FrameReader and pack_frames
+# from fastrpc.framing under its own names (protocol, server, loadgen, ...). To run a test
+# under one implementation, each of those names is pointed at it, wherever it is held: the
+# modules are found by what they hold, not by a list, so a new user of the framing is
+# covered without being named here. Every module is imported first (a module imported
+# later, during a test, would keep the default); __main__ is left out, as importing it runs
+# the command line.
+
+_FRAMING_MODULES = {"fastrpc._framing", "fastrpc._framing_py"}  # the implementations themselves
+for _info in pkgutil.walk_packages(fastrpc.__path__, "fastrpc."):
+    if _info.name not in _FRAMING_MODULES and _info.name != "fastrpc.__main__":
+        importlib.import_module(_info.name)
+
+
+def framing_users() -> Iterator[ModuleType]:
+    """Every loaded fastrpc module but the two implementations."""
+    for name, module in list(sys.modules.items()):
+        if (name == "fastrpc" or name.startswith("fastrpc.")) and name not in _FRAMING_MODULES and module is not None:
+            yield module
+
+
+def use_framing(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """Make every fastrpc module run implementation ``name`` ("python" or "cython") until monkeypatch undoes it."""
+    chosen = IMPLEMENTATIONS[name]
+    replacement: Dict[int, Any] = {}  # id of any implementation's object -> the chosen one's
+    for module in IMPLEMENTATIONS.values():
+        for attr in ("FrameReader", "pack_frames"):
+            replacement[id(getattr(module, attr))] = getattr(chosen, attr)
+    for module in framing_users():
+        for attr, value in list(vars(module).items()):
+            new = replacement.get(id(value))
+            if new is not None and new is not value:
+                monkeypatch.setattr(module, attr, new)
+    monkeypatch.setattr(framing, "IMPLEMENTATION", name)  # what the server's listening line reports
+    return chosen
+
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS))
 def framing_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Each framing implementation in turn, as the one the protocol core uses."""
-    module = IMPLEMENTATIONS[request.param]
-    monkeypatch.setattr(protocol, "FrameReader", module.FrameReader)
-    monkeypatch.setattr(protocol, "pack_frames", module.pack_frames)
-    return module
+    """Each framing implementation in turn, as the one every fastrpc module uses
+    (tests/test_framing_selection.py checks that it is)."""
+    return use_framing(request.param, monkeypatch)
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
