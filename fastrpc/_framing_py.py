@@ -17,8 +17,10 @@ __all__ = ["FrameReader", "pack_frames"]
 _HEADER = 4
 _MAX_BODY = 0xFFFFFFFF
 _DEFAULT_BUFFER_SIZE = 64 * 1024
-# A read is offered at least this much room; less than that and the
-# unconsumed tail is moved to the front (or the buffer grows).
+# A read is offered at least this much room (more when the event loop's size
+# hint, 64 KiB on uvloop, or the rest of a frame whose header is in asks for
+# more); less than that and the unconsumed tail is moved to the front (or the
+# buffer grows).
 _MIN_READ = 16 * 1024
 # Smaller bodies are handed out as bytes copies: copying them costs less than
 # making a memoryview slice, and orjson decodes bytes faster than views.
@@ -31,8 +33,10 @@ class FrameReader:
     Data comes in either through ``get_buffer`` / ``buffer_updated`` (the
     ``asyncio.BufferedProtocol`` pair: the kernel writes straight into the
     buffer) or through ``feed``. ``next_frame`` hands out the next complete
-    body as a memoryview into the buffer, valid until the next
-    ``get_buffer`` or ``feed`` call; copy it with ``bytes()`` to keep it.
+    body: under ``_COPY_BELOW`` (1024) bytes as a ``bytes`` copy, which may be
+    kept; from 1024 bytes up as a memoryview into the buffer, valid only until
+    the next ``get_buffer`` or ``feed`` call (copy it with ``bytes()`` to keep
+    it). The compiled ``FrameReader`` does the same, at the same size.
     """
 
     __slots__ = ("_buf", "_view", "_start", "_end", "_initial", "max_frame_size", "frames")
@@ -81,8 +85,11 @@ class FrameReader:
     def next_frame(self) -> Optional[Union[bytes, memoryview]]:
         """The next complete frame body, or None until more data arrives.
 
-        Raises FrameTooLarge as soon as a header announces more than
-        ``max_frame_size`` bytes, before any of that body is buffered.
+        The body is ``bytes`` when under 1024 bytes (the empty body
+        included), else a memoryview into the buffer (see the class docstring
+        for how long it stays valid). Raises FrameTooLarge as soon as a header
+        announces more than ``max_frame_size`` bytes, before any of that body
+        is buffered.
         """
         start = self._start
         avail = self._end - start
