@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from .errors import ConnectionClosed
 
-__all__ = ["set_nodelay", "connect_failed", "listen_failed"]
+__all__ = ["set_nodelay", "address_text", "connect_failed", "listen_failed"]
 
 
 def set_nodelay(sock: Optional[socket.socket]) -> None:
@@ -23,6 +23,14 @@ def set_nodelay(sock: Optional[socket.socket]) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def address_text(address: Any) -> str:
+    """``host:port`` (``[host]:port`` for IPv6) of a (host, port, ...) tuple; anything else as str()."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address)
+
+
 def connect_failed(host: str, port: Any, exc: BaseException, timeout: Optional[float] = None, *,
                    tls: bool = False) -> ConnectionClosed:
     """The ConnectionClosed to raise when a connection to ``host:port`` could not be opened.
@@ -30,7 +38,7 @@ def connect_failed(host: str, port: Any, exc: BaseException, timeout: Optional[f
     ``exc`` is what the attempt raised: a timeout (worded with ``timeout``), an OSError (the system's
     words for its errno, the same on every loop, without ``[Errno N]``) or anything else (its text).
     A failed TLS handshake (``tls``, or an ``ssl.SSLError``) says so."""
-    where = f"could not connect to {host}:{port}: " + ("TLS: " if tls or isinstance(exc, ssl.SSLError) else "")
+    where = f"could not connect to {address_text((host, port))}: " + ("TLS: " if tls or isinstance(exc, ssl.SSLError) else "")
     if isinstance(exc, (TimeoutError, socket.timeout, asyncio.TimeoutError)):
         return ConnectionClosed(where + (f"no connection within {timeout:g} s" if timeout is not None else "timed out"))
     if isinstance(exc, (ssl.SSLError, socket.gaierror)) or not isinstance(exc, OSError) or not exc.errno:
@@ -41,7 +49,7 @@ def connect_failed(host: str, port: Any, exc: BaseException, timeout: Optional[f
 
 def listen_failed(host: str, port: int, exc: OSError) -> str:
     """The words saying why listening on ``host:port`` failed (``exc`` from the bind: an OSError, a socket.gaierror)."""
-    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    where = address_text((host, port))
     if isinstance(exc, socket.gaierror):
         if exc.errno == socket.EAI_NONAME:
             reason = "not an IP address nor a known host name"

@@ -20,7 +20,7 @@ from .framing import pack_frames
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
 from .auth import TokenGate
 from .middleware import HookedMethods, Middleware
-from .net import set_nodelay
+from .net import address_text, set_nodelay
 from .protocol import Call, Method, ServerConnection, encode_error
 
 __all__ = ["Server", "run", "new_event_loop", "remaining"]
@@ -301,6 +301,8 @@ class Server:
         """Wait until ``close()`` was called and has finished: every reply sent, every connection closed."""
         if self._server is None or self._all_closed is None:
             return
+        if self._closing:
+            self._check_all_closed()  # close() may have been called from outside the loop
         await self._all_closed.wait()
         await self._server.wait_closed()
 
@@ -317,13 +319,14 @@ class _Connection(asyncio.BufferedProtocol):
       arrived for ``LINGER`` or it has drained for ``DRAIN_LIMIT``.
     - ``ENDING`` (``end``): what was written is followed by a FIN, nothing
       more is read, and the socket is closed ``HANG_UP_LINGER`` later
-      (aborted if the peer has not taken its replies by then).
+      (at once when the peer has half-closed already); either way it is
+      aborted if the peer has not taken its replies ``HANG_UP_LINGER`` on.
     - ``CLOSED`` (``connection_lost``): the socket is gone; calls still
       running are cancelled, as nobody is left to answer.
 
     Every way a connection ends: the peer closes or resets it (``CLOSED``);
-    the peer half-closes, and the socket is closed once every reply it is
-    owed is sent (``_flush``); an error frame for a frame too large, a busy
+    the peer half-closes, and the connection ends once every reply it is
+    owed is written (``_flush``); an error frame for a frame too large, a busy
     server, a frame too slow or a failed authentication (``_hang_up``, then
     ``ENDING``); ``idle_timeout`` with nothing owed (closed at once); the
     server stopping (``DRAINING``, then ``ENDING``).
@@ -362,7 +365,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._peer = transport.get_extra_info("peername")
         server = self._server
         if not server._admit(self):
-            log.warning("refused a connection from %s: at the limit of %d connections", self._peer, server.max_connections)
+            log.warning("refused a connection from %s: at the limit of %d connections", address_text(self._peer), server.max_connections)
             self._hang_up(ErrorCode.SERVER_BUSY, f"server busy: it has its maximum of {server.max_connections} connections")
             return
         core = self._core
@@ -373,7 +376,7 @@ class _Connection(asyncio.BufferedProtocol):
             core.use_methods(TokenGate(server.tokens, methods, core.use_methods, self._auth_failed))
         elif methods is not server.methods:
             core.use_methods(methods)
-        log.debug("connection from %s opened", self._peer)
+        log.debug("connection from %s opened", address_text(self._peer))
         if server.closing:
             self.shut_down()
 
@@ -404,13 +407,13 @@ class _Connection(asyncio.BufferedProtocol):
         for task in self._tasks.values():
             task.cancel()
         self._server._forget(self)
-        log.debug("connection from %s closed%s", self._peer, f": {exc}" if exc else "")
+        log.debug("connection from %s closed%s", address_text(self._peer), f": {exc}" if exc else "")
 
     def _handler_failed(self, method: Method, exc: BaseException) -> None:
         self._server._failures.report(method.name, self._peer, exc)
 
     def _auth_failed(self) -> None:
-        log.warning("connection from %s failed to authenticate; closing", self._peer)
+        log.warning("connection from %s failed to authenticate; closing", address_text(self._peer))
         self._loop.call_soon(self.end)  # after the refusal is written
 
     def _hang_up(self, code: int, message: str) -> None:
@@ -419,8 +422,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.end()
 
     def _done(self) -> bool:
-        """ENDING, CLOSED or its transport closing: nothing more is read or written."""
-        return self._state is ENDING or self._state is CLOSED or self._transport.is_closing()
+        """ENDING, or its transport closing (CLOSED comes after that): nothing more is read or written."""
+        return self._state is ENDING or self._transport.is_closing()
 
     def end(self) -> None:
         """Go to ENDING: close after the data written so far (a FIN follows it at once), read nothing more."""
@@ -431,11 +434,11 @@ class _Connection(asyncio.BufferedProtocol):
         for task in self._tasks.values():
             task.cancel()  # their replies could not be sent
         transport = self._transport
-        if transport.can_write_eof():
+        if self._eof or not transport.can_write_eof():  # the peer sends no more, or TLS: close after the data
+            transport.close()
+        else:
             transport.write_eof()
             transport.pause_reading()
-        else:  # TLS: a close_notify follows the data
-            transport.close()
         if self._timer is not None:
             self._timer.cancel()
         self._timer = self._loop.call_later(HANG_UP_LINGER, self._close_ended)
@@ -462,7 +465,7 @@ class _Connection(asyncio.BufferedProtocol):
             if self._frame_mark != frames:
                 self._frame_mark, self._frame_since = frames, now
             elif now - self._frame_since >= server.frame_timeout:
-                log.info("connection from %s: a frame took over %g s to arrive; closing", self._peer, server.frame_timeout)
+                log.info("connection from %s: a frame took over %g s to arrive; closing", address_text(self._peer), server.frame_timeout)
                 self._hang_up(ErrorCode.TIMEOUT, f"timeout: a frame took more than {server.frame_timeout:g} s to arrive")
                 return
         else:
@@ -471,7 +474,7 @@ class _Connection(asyncio.BufferedProtocol):
             if self._tasks or progress != self._idle_mark or self._transport.get_write_buffer_size():
                 self._idle_mark, self._idle_since = progress, now
             elif now - self._idle_since >= server.idle_timeout:
-                log.debug("connection from %s idle for %g s; closing", self._peer, server.idle_timeout)
+                log.debug("connection from %s idle for %g s; closing", address_text(self._peer), server.idle_timeout)
                 self._transport.close()
 
     # -- backpressure ----------------------------------------------------------------
@@ -530,8 +533,8 @@ class _Connection(asyncio.BufferedProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._tasks or self._done():
-            return  # the last call to finish comes back here, from _flush
+        if self._tasks or self._held or self._done():
+            return  # owes replies: the last call to finish comes back here (from _flush), held frames from buffer_updated
         if self._loop.time() >= self._drain_until:
             self.end()
         else:
@@ -602,7 +605,7 @@ class _Connection(asyncio.BufferedProtocol):
         if data:
             self._transport.write(data)
         if self._eof and not self._tasks:
-            self._transport.close()
+            self.end()
         elif self._state is DRAINING:
             self._close_when_quiet()
 
@@ -620,6 +623,17 @@ def remaining() -> Optional[float]:
     return max(0.0, deadline - asyncio.get_running_loop().time())
 
 
+class _FailureWindow:
+    """One method's second of handler failures."""
+
+    __slots__ = ("start", "logged", "held_back")
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.logged = 0
+        self.held_back = 0
+
+
 class _FailureLog:
     """Logs handlers' unexpected exceptions with their tracebacks, at most
     FAILURES_LOGGED_PER_SECOND per method and second: a client that makes a
@@ -627,35 +641,27 @@ class _FailureLog:
     counted, and the count logged when the second is over."""
 
     def __init__(self) -> None:
-        self._windows: Dict[str, List[float]] = {}  # method -> [window start, logged, held back]
+        self._windows: Dict[str, _FailureWindow] = {}
 
     def report(self, method: str, peer: Any, exc: BaseException) -> None:
         now = time.monotonic()
         window = self._windows.get(method)
-        if window is None or now - window[0] >= 1.0:
-            if window is not None and window[2]:
+        if window is None or now - window.start >= 1.0:
+            if window is not None:
                 self._held_back(method, window)
-            window = self._windows[method] = [now, 0, 0]
-        if window[1] < FAILURES_LOGGED_PER_SECOND:
-            window[1] += 1
-            log.error("handler %r failed for %s: %s: %s", method, _peer_text(peer), type(exc).__name__, exc,
-                      exc_info=(type(exc), exc, exc.__traceback__))
+            window = self._windows[method] = _FailureWindow(now)
+        if window.logged < FAILURES_LOGGED_PER_SECOND:
+            window.logged += 1
+            log.error("handler %r failed for %s: %s: %s", method, address_text(peer), type(exc).__name__, exc, exc_info=exc)
             return
-        window[2] += 1
-        if window[2] == 1:  # the first held back: report the count once the second is over
-            try:
-                asyncio.get_running_loop().call_later(1.0 - (now - window[0]), self._held_back, method, window)
-            except RuntimeError:  # no loop (the core driven by hand): the next failure reports it
-                pass
+        window.held_back += 1
+        if window.held_back == 1:  # the first held back: report the count once the second is over
+            asyncio.get_running_loop().call_later(1.0 - (now - window.start), self._held_back, method, window)
 
-    def _held_back(self, method: str, window: List[float]) -> None:
-        if window[2]:
-            log.error("handler %r failed %d more times in that second (not logged one by one)", method, window[2])
-            window[2] = 0
-
-
-def _peer_text(peer: Any) -> str:
-    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
+    def _held_back(self, method: str, window: _FailureWindow) -> None:
+        if window.held_back:
+            log.error("handler %r failed %d more times in that second (not logged one by one)", method, window.held_back)
+            window.held_back = 0
 
 
 def _loop_name(loop: asyncio.AbstractEventLoop) -> str:

@@ -399,7 +399,8 @@ class _Link:
         finally:
             with state:
                 self._reading = False
-                self._read_done.notify_all()
+                if self.failure is not None:
+                    self._read_done.notify_all()  # close() may be waiting (it sets failure first)
                 for other in self._waiting:
                     if other.left:
                         other.event.set()  # type: ignore[union-attr]  # your turn to read
