@@ -63,6 +63,8 @@ class _Recording(_Scripted):
 
 
 def test_load_generator_sends_what_encode_request_makes() -> None:
+    _Recording.received.clear()  # a rerun in the same process starts afresh
+
     async def main() -> None:
         server = await asyncio.get_running_loop().create_server(
             lambda: _Recording(frame(b'{"out": "echo", "result": 1}'), 3), "127.0.0.1", 0)

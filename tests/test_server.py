@@ -450,10 +450,11 @@ def test_handler_failures_in_a_loop_are_rate_limited(run: Any, caplog: pytest.Lo
         run(main())
     messages = [r.getMessage() for r in caplog.records if r.name == "fastrpc.server"]
     one_by_one = [m for m in messages if m.startswith("handler 'fail' failed for")]
-    summaries = [m for m in messages if "more times" in m]
-    assert len(one_by_one) == FAILURES_LOGGED_PER_SECOND, messages
-    assert summaries == [f"handler 'fail' failed {200 - FAILURES_LOGGED_PER_SECOND} more times in that second "
-                         "(not logged one by one)"], messages
+    held_back = [int(m.split()[3]) for m in messages if m.endswith("more times in that second (not logged one by one)")]
+    # The 200 take well under a second; should they straddle a second's end, two seconds' worth is logged.
+    windows = 1 + (len(one_by_one) > FAILURES_LOGGED_PER_SECOND)
+    assert FAILURES_LOGGED_PER_SECOND <= len(one_by_one) <= windows * FAILURES_LOGGED_PER_SECOND, messages
+    assert 1 <= len(held_back) <= windows and len(one_by_one) + sum(held_back) == 200, messages
 
 
 def test_listening_line_names_framing_and_loop(run: Any, framing_impl: Any, caplog: pytest.LogCaptureFixture,
@@ -474,19 +475,29 @@ def test_listening_line_names_framing_and_loop(run: Any, framing_impl: Any, capl
 # -- what a server says about itself -------------------------------------------------------
 
 _SERVE_BRIEFLY = """
-import sys, threading, os, signal
+import os, signal, socket, sys, threading, time
 {prelude}
 import fastrpc
 from fastrpc.cli import main
-threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+
+def stop_once_listening():
+    for _ in range(400):  # 20 s at most
+        try:
+            socket.create_connection(("127.0.0.1", {port}), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=stop_once_listening, daemon=True).start()
 {serve}
 """
 
 
 def _serve_briefly(prelude: str, serve: str, env: Any = None) -> str:
-    """Run a server for a second in a subprocess; its stderr."""
+    """Run a server in a subprocess until it is listening, then SIGTERM it; its stderr."""
     port = free_port()
-    code = _SERVE_BRIEFLY.format(prelude=prelude, serve=serve.format(port=port))
+    code = _SERVE_BRIEFLY.format(prelude=prelude, serve=serve.format(port=port), port=port)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
                           env={**os.environ, **(env or {})})
     assert done.returncode == 0, done.stderr
@@ -505,4 +516,6 @@ def test_a_missing_compiled_framing_is_warned_of_once() -> None:
 def test_run_logs_the_listening_line() -> None:
     stderr = _serve_briefly("", "fastrpc.run(fastrpc.Server(), '127.0.0.1', {port})", {"FASTRPC_NO_EXTENSIONS": ""})
     assert "INFO [" in stderr and "fastrpc.server: fastrpc listening on 127.0.0.1:" in stderr
-    assert "(framing cython, loop uvloop)" in stderr and "shutting down" in stderr
+    from fastrpc import framing
+
+    assert f"(framing {framing.IMPLEMENTATION}, loop uvloop)" in stderr and "shutting down" in stderr

@@ -198,8 +198,8 @@ def test_sigterm_while_a_client_never_stops_calling(tmp_path: Path) -> None:
 
 
 def test_close_is_bounded_while_a_client_keeps_calling(run: Any) -> None:
-    """In process: a client pipelining calls without pause, and a handler that ignores its cancellation,
-    cannot hold wait_closed() past the grace and the flush limit."""
+    """In process: a client calling without pause, and a handler that ignores its cancellation, cannot
+    hold wait_closed() past the grace and the flush limit."""
     from fastrpc.server import DRAIN_LIMIT, FLUSH_LIMIT, HANG_UP_LINGER
 
     async def main() -> None:
