@@ -28,7 +28,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,13 +255,11 @@ def test_snippets_run_against_their_server(tmp_path: Path, file: str, run: str) 
         assert probe(port) == answer.encode(), f"{entry.block}: the text probe is not answered {answer!r}"
         to_run = [block for name in [file, *entry.clients_of] for block in clients.get(name, [])]
         for block in to_run:
-            started = time.monotonic()
             done = subprocess.run([sys.executable, "-c", with_port(block.code, port)], cwd=tmp_path,
                                   capture_output=True, text=True, timeout=CLIENT_TIMEOUT, env=env)
             assert done.returncode == 0, (
                 f"{block} against {entry.block} ({run}) exited {done.returncode}:\n{done.stderr}")
             check_output(block, done.stdout)
-            assert time.monotonic() - started < CLIENT_TIMEOUT
         server.send_signal(signal.SIGTERM)
         status = server.wait(STOP_TIMEOUT)
         output = log_path.read_text(encoding="utf-8")
