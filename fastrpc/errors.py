@@ -142,9 +142,19 @@ class ServerBusy(RemoteError):
 
 
 class ShuttingDown(RemoteError):
-    """The server is shutting down and takes no new requests."""
+    """The server is shutting down and takes no new requests.
+
+    ``never_ran`` is true when the server refused the call before starting it
+    (``data`` ``{"started": false}``): it may be sent again, to this server's
+    successor or another, even when it is not idempotent. A call that started
+    and was cancelled when the grace ran out has ``{"started": true}``.
+    """
 
     code = ErrorCode.SHUTTING_DOWN
+
+    @property
+    def never_ran(self) -> bool:
+        return isinstance(self.data, dict) and self.data.get("started") is False
 
 
 class DeadlineExceeded(RemoteError, CallTimeout):

@@ -15,7 +15,7 @@ import itertools
 import math
 import traceback
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple, Union
 
 import orjson
 
@@ -128,24 +128,25 @@ class _Hold(Exception):
 
 
 def _refuse(params: Any) -> Any:
-    raise ShuttingDown("the server is shutting down")
+    raise ShuttingDown("the server is shutting down", {"started": False})
 
 
 class _Refusing:
-    """Stands in for the method registry of a stopping server: every name is
-    a method that refuses. The fast path is unchanged; it looks a method up
-    as always and gets this one."""
+    """Stands in for the method registry of a stopping server: every name but
+    those kept (the built-ins, such as ``rpc.health``) is a method that
+    refuses, before anything runs. The fast path is unchanged; it looks a
+    method up as always and gets this one."""
 
-    __slots__ = ()
+    __slots__ = ("_kept",)
     _method = Method("refused", _refuse, raw_params=True)
+
+    def __init__(self, kept: Mapping[str, Method]) -> None:
+        self._kept = kept
 
     def __getitem__(self, name: Any) -> Method:
         if type(name) is not str:
             raise TypeError("a method name is a string")  # still an invalid request
-        return self._method
-
-
-_REFUSING = _Refusing()
+        return self._kept.get(name, self._method)
 
 
 class ServerConnection:
@@ -199,10 +200,11 @@ class ServerConnection:
         """Look methods up in ``methods`` (a mapping of names to Method) from now on."""
         self._methods = methods
 
-    def refuse_calls(self) -> None:
-        """Answer every call from now on with the shutting-down error (the
-        server is stopping); calls already running are not affected."""
-        self._methods = _REFUSING
+    def refuse_calls(self, kept: Optional[Mapping[str, Method]] = None) -> None:
+        """Answer every call from now on, but those of the ``kept`` methods, with
+        the shutting-down error (the server is stopping); calls already running
+        are not affected."""
+        self._methods = _Refusing({} if kept is None else kept)
 
     # -- input ---------------------------------------------------------------
 

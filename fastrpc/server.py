@@ -58,8 +58,12 @@ FAILURES_LOGGED_PER_SECOND = 5
 OPEN, DRAINING, ENDING, CLOSED = "open", "draining", "ending", "closed"
 
 
+#: Names starting with this are fastrpc's built-in methods; applications cannot register them.
+BUILTIN_PREFIX = "rpc."
+
+
 def _ping(params: Any = None) -> Any:
-    """Built-in health check: answers ``pong`` with the params it was sent."""
+    """Built-in liveness check: answers ``pong`` with the params it was sent."""
     return params
 
 
@@ -72,7 +76,9 @@ class Server:
     ...     return a + b
 
     Every server answers ``ping`` (out ``pong``, result: its params) unless
-    a method of that name is registered over it.
+    a method of that name is registered over it, and ``rpc.health``:
+    ``"SERVING"``, or ``"NOT_SERVING"`` once it is stopping or the application
+    set ``serving`` to False (it keeps answering while the server drains).
     """
 
     def __init__(
@@ -106,7 +112,11 @@ class Server:
             raise ValueError(f"shutdown_grace must be zero or more seconds, got {shutdown_grace!r}")
         self.shutdown_grace = shutdown_grace
         self.debug = debug
-        self.methods: Dict[str, Method] = {"ping": Method("ping", _ping, out="pong", raw_params=True)}
+        self.serving = True  # what rpc.health says while the server is not stopping
+        self.methods: Dict[str, Method] = {
+            "ping": Method("ping", _ping, out="pong", raw_params=True),
+            BUILTIN_PREFIX + "health": Method(BUILTIN_PREFIX + "health", self._health, raw_params=True),
+        }
         self.middleware: List[Middleware] = []
         self._server: Optional[asyncio.AbstractServer] = None
         self._connections: Set[_Connection] = set()  # OPEN or DRAINING: served, and counted against max_connections
@@ -148,10 +158,21 @@ class Server:
             method_name = handler.__name__ if name is None else name
             if not isinstance(method_name, str) or not method_name:
                 raise ValueError(f"a method name must be a non-empty string, got {method_name!r}")
+            if method_name.startswith(BUILTIN_PREFIX):
+                raise ValueError(f"method names starting with {BUILTIN_PREFIX!r} are reserved for fastrpc's built-ins, "
+                                 f"got {method_name!r}")
             self.methods[method_name] = Method(method_name, handler, out, raw_params)
             return handler
 
         return register if func is None else register(func)
+
+    def _health(self, params: Any) -> str:
+        """``rpc.health``: whether this server takes calls, for balancers and orchestrators."""
+        return "SERVING" if self.serving and not self._closing else "NOT_SERVING"
+
+    @property
+    def _builtins(self) -> Dict[str, Method]:
+        return {name: method for name, method in self.methods.items() if name.startswith(BUILTIN_PREFIX)}
 
     def set_tokens(self, tokens: Iterable[str]) -> None:
         """Require connections opened from now on to call ``auth`` with one of ``tokens`` first
@@ -517,7 +538,7 @@ class _Connection(asyncio.BufferedProtocol):
             return
         self._state = DRAINING
         self._drain_until = self._loop.time() + DRAIN_LIMIT
-        self._core.refuse_calls()
+        self._core.refuse_calls(self._server._builtins)
         self._close_when_quiet()
 
     def cancel_calls(self) -> None:
@@ -578,7 +599,7 @@ class _Connection(asyncio.BufferedProtocol):
             if reason is None:
                 if self._state is not DRAINING:
                     raise  # the connection is gone: nobody to answer
-                reason = ShuttingDown("the server shut down before the call finished")
+                reason = ShuttingDown("the server shut down before the call finished", {"started": True})
             if reason is not _NO_REPLY:
                 self._core.fail(call, reason)
         except BaseException as exc:  # SystemExit and KeyboardInterrupt too: a handler's fault, not the server's

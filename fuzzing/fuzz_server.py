@@ -352,7 +352,7 @@ class Conversation:
             self.core.fail(call, DeadlineExceeded("timed out"))
         elif how == 2:
             call.coro.close()
-            self.core.fail(call, ShuttingDown("the server shut down before the call finished"))
+            self.core.fail(call, ShuttingDown("the server shut down before the call finished", {"started": True}))
         else:
             try:
                 call.coro.send(None)

@@ -20,7 +20,7 @@ import pytest
 
 import fastrpc
 from fastrpc import _framing_py, framing
-from fastrpc.server import new_event_loop
+from fastrpc.server import BUILTIN_PREFIX, new_event_loop
 
 try:
     from fastrpc import _framing as _framing_c
@@ -137,7 +137,8 @@ def demo_server(**kwargs: Any) -> fastrpc.Server:
     kwargs.setdefault("shutdown_grace", 0.5)
     server = fastrpc.Server(**kwargs)
     for name, method in demo.server.methods.items():
-        server.methods[name] = method
+        if not name.startswith(BUILTIN_PREFIX):  # the built-ins answer for the server they belong to
+            server.methods[name] = method
 
     @server.method
     def fail() -> None:

@@ -416,3 +416,12 @@ def test_refused_calls_get_shutting_down_in_order(link: Link) -> None:
     [first, second] = link.replies()
     assert first == {"out": "later", "result": "done"}
     assert error_of(second) == (-32002, None) and "shutting down" in second["error"]["message"]
+    assert second["error"]["data"] == {"started": False}  # refused before it ran (section 9)
+
+
+def test_a_stopping_core_keeps_the_methods_it_is_told_to(link: Link) -> None:
+    kept = Method("rpc.health", lambda params: "NOT_SERVING", raw_params=True)
+    link.server.refuse_calls({"rpc.health": kept})
+    replies = link.send(request(**{"in": "rpc.health", "id": 1}), request(**{"in": "add", "params": [1, 2], "id": 2}))
+    assert replies[0] == {"out": "rpc.health", "result": "NOT_SERVING", "id": 1}
+    assert error_of(replies[1]) == (-32002, 2)

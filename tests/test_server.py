@@ -519,3 +519,11 @@ def test_run_logs_the_listening_line() -> None:
     from fastrpc import framing
 
     assert f"(framing {framing.IMPLEMENTATION}, loop uvloop)" in stderr and "shutting down" in stderr
+
+
+def test_the_rpc_prefix_is_reserved_for_built_ins() -> None:
+    server = fastrpc.Server()
+    for name in ("rpc.health", "rpc.mine"):
+        with pytest.raises(ValueError, match="reserved for fastrpc's built-ins"):
+            server.method(name)(lambda: None)
+    assert "rpc.health" in server.methods and "rpc.mine" not in server.methods

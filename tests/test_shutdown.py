@@ -26,8 +26,9 @@ def test_running_calls_finish_and_new_ones_are_refused(run: Any) -> None:
             await asyncio.sleep(0.1)
             server.close()
             assert server.closing
-            with pytest.raises(fastrpc.ShuttingDown, match="shutting down"):
+            with pytest.raises(fastrpc.ShuttingDown, match="shutting down") as refused:
                 await client.call("ping")
+            assert refused.value.never_ran and refused.value.data == {"started": False}
             assert await asyncio.gather(*running) == [0.3] * 20  # within the grace: answered in full
             started = time.monotonic()
             await asyncio.wait_for(server.wait_closed(), 5)
@@ -52,6 +53,8 @@ def test_calls_past_the_grace_are_answered_with_shutting_down(run: Any) -> None:
             outcomes = await asyncio.wait_for(asyncio.gather(*running, return_exceptions=True), 5)
             assert all(isinstance(o, fastrpc.ShuttingDown) for o in outcomes), outcomes
             assert "before the call finished" in str(outcomes[0])
+            # They had started: not safe to send again, and the wire says so.
+            assert all(not o.never_ran and o.data == {"started": True} for o in outcomes)
             await asyncio.wait_for(server.wait_closed(), 5)
             await ordered.close()
 
@@ -250,5 +253,48 @@ def test_close_is_bounded_while_a_client_keeps_calling(run: Any) -> None:
         await asyncio.sleep(0)
         assert any(isinstance(o, fastrpc.ShuttingDown) for o in seen)
         assert isinstance(seen[-1], fastrpc.ConnectionClosed)
+
+    run(main())
+
+
+def test_a_call_refused_while_stopping_never_ran(run: Any) -> None:
+    """The -32002 refusal is decided before any handler starts: a counting handler never counts one."""
+    async def main() -> None:
+        server = demo_server(shutdown_grace=5)
+        runs: List[int] = []
+
+        @server.method
+        async def count(n: int) -> int:
+            runs.append(n)
+            return n
+
+        async with serving(server) as port, fastrpc.connect("127.0.0.1", port) as client:
+            holder = asyncio.ensure_future(client.call("sleep", 0.5))  # keeps the connection draining
+            assert await client.call("count", [0]) == 0
+            await asyncio.sleep(0.05)
+            server.close()
+            outcomes = await asyncio.gather(*[client.call("count", [i]) for i in range(1, 200)], return_exceptions=True)
+            assert all(isinstance(o, fastrpc.ShuttingDown) and o.never_ran for o in outcomes), outcomes[:3]
+            assert runs == [0]
+            assert await holder == 0.5
+
+    run(main())
+
+
+def test_health_says_not_serving_while_the_server_drains(run: Any) -> None:
+    async def main() -> None:
+        server = demo_server(shutdown_grace=5)
+        async with serving(server) as port, fastrpc.connect("127.0.0.1", port) as client:
+            assert await client.call("rpc.health") == "SERVING"
+            server.serving = False  # the application takes itself out of rotation
+            assert await client.call("rpc.health") == "NOT_SERVING"
+            server.serving = True
+            holder = asyncio.ensure_future(client.call("sleep", 0.5))
+            await asyncio.sleep(0.05)
+            server.close()
+            assert await client.call("rpc.health") == "NOT_SERVING"  # answered, not refused, while draining
+            with pytest.raises(fastrpc.ShuttingDown):
+                await client.call("ping")
+            assert await holder == 0.5
 
     run(main())
