@@ -113,10 +113,11 @@ class Server:
         self.shutdown_grace = shutdown_grace
         self.debug = debug
         self.serving = True  # what rpc.health says while the server is not stopping
-        self.methods: Dict[str, Method] = {
-            "ping": Method("ping", _ping, out="pong", raw_params=True),
+        # The built-ins, which a stopping server keeps answering (no application method can share their names).
+        self._builtins: Dict[str, Method] = {
             BUILTIN_PREFIX + "health": Method(BUILTIN_PREFIX + "health", self._health, raw_params=True),
         }
+        self.methods: Dict[str, Method] = {"ping": Method("ping", _ping, out="pong", raw_params=True), **self._builtins}
         self.middleware: List[Middleware] = []
         self._server: Optional[asyncio.AbstractServer] = None
         self._connections: Set[_Connection] = set()  # OPEN or DRAINING: served, and counted against max_connections
@@ -169,10 +170,6 @@ class Server:
     def _health(self, params: Any) -> str:
         """``rpc.health``: whether this server takes calls, for balancers and orchestrators."""
         return "SERVING" if self.serving and not self._closing else "NOT_SERVING"
-
-    @property
-    def _builtins(self) -> Dict[str, Method]:
-        return {name: method for name, method in self.methods.items() if name.startswith(BUILTIN_PREFIX)}
 
     def set_tokens(self, tokens: Iterable[str]) -> None:
         """Require connections opened from now on to call ``auth`` with one of ``tokens`` first
