@@ -31,7 +31,10 @@ from .errors import (
 from .framing import FrameReader, pack_frames
 from .limits import DEFAULT_MAX_FRAME_SIZE, PROBE_LENGTH, PROBE_REPLY
 
-__all__ = ["ABSENT", "Method", "Call", "ServerConnection", "ClientConnection", "encode_error", "encode_request", "read_reply"]
+__all__ = [
+    "ABSENT", "NOTICES_METHOD", "NOTICES", "Method", "Call", "ServerConnection", "ClientConnection", "encode_error",
+    "encode_request", "read_reply",
+]
 
 _loads = orjson.loads
 _dumps = orjson.dumps
@@ -57,6 +60,11 @@ ABSENT: Any = _Absent()
 _ID_PART = b', "id": '
 _ERROR_PREFIX = b'{"out": "error", "error": '
 _ID_TYPES = (int, str, type(None))  # exact types: a bool is not an id
+
+#: The built-in a client calls (with an id) to be sent notices on its connection (docs/protocol.md section 11).
+NOTICES_METHOD = "rpc.notices"
+#: The kinds of notice this server sends: its answer to ``rpc.notices``.
+NOTICES = ("drain",)
 
 
 class Method:
@@ -149,6 +157,9 @@ class _Refusing:
         return self._kept.get(name, self._method)
 
 
+_NOTICES_REPLY = Method(NOTICES_METHOD, lambda params: None)  # only its reply prefix is used
+
+
 class ServerConnection:
     """One server-side connection's protocol state.
 
@@ -189,6 +200,7 @@ class ServerConnection:
         self._raw_reply = b""
         self._fresh = True  # nothing received yet: a text probe is possible
         self.closing = False
+        self.notices = False  # the peer asked for notices (rpc.notices)
 
     @property
     def progress(self) -> Tuple[int, int]:
@@ -304,7 +316,24 @@ class ServerConnection:
         name = request.get("in")
         if type(name) is not str:
             return self._reply(rid, encode_error(ErrorCode.INVALID_REQUEST, "invalid request: 'in' must be a string naming a method", None, rid))
+        if name == NOTICES_METHOD:  # reached only when the registry knows no such method: not before auth, not while refusing
+            return self._opt_in(rid)
         return self._reply(rid, encode_error(ErrorCode.METHOD_NOT_FOUND, f"method not found: {name!r}", None, rid))
+
+    def _opt_in(self, rid: Optional[Id]) -> None:
+        # A notice has no id: only a peer that matches replies by id can tell it from one.
+        if rid is None:
+            return self._reply(None, encode_error(
+                ErrorCode.INVALID_REQUEST, f"invalid request: {NOTICES_METHOD!r} needs an id (a notice has none)"))
+        self.notices = True
+        self._out.append(self._result_body(_NOTICES_REPLY, list(NOTICES), rid))
+
+    def drain_notice(self, reason: str) -> bool:
+        """Queue the drain notice (``reason``: "shutdown", "max_age") if the peer asked
+        for notices; whether it did. Replies owed are still sent after it."""
+        if self.notices:
+            self._out.append(_dumps({"notice": "drain", "reason": reason}))
+        return self.notices
 
     # -- outcomes --------------------------------------------------------------
 
@@ -408,8 +437,10 @@ class ClientConnection:
         *,
         ids: bool = True,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        on_drain: Optional[Callable[[str], None]] = None,
     ) -> None:
         self._deliver = deliver
+        self._on_drain = on_drain
         self.ids = ids
         self._reader = FrameReader(max_frame_size)
         self.get_buffer = self._reader.get_buffer
@@ -421,6 +452,8 @@ class ClientConnection:
         #: An error frame the server sent with no request to match (for
         #: example just before it closed the connection).
         self.connection_error: Optional[RemoteError] = None
+        #: Why the server asked for no new calls here (its drain notice's reason), or None.
+        self.draining: Optional[str] = None
 
     @property
     def pending(self) -> int:
@@ -443,6 +476,13 @@ class ClientConnection:
         if not self.ids:
             self._order.append(key)
         return key
+
+    def ask_for_notices(self) -> None:
+        """Queue the ``rpc.notices`` request (with ids only: a notice has none). Its reply is dropped, as
+        is the error of a server that sends no notices; a drain notice then sets ``draining`` and
+        calls ``on_drain(reason)``."""
+        if self.ids:
+            self._out.append(encode_request(NOTICES_METHOD, ABSENT, self._next_key()))
 
     def forget(self, key: int, *, cancel: bool = True) -> None:
         """Stop waiting for ``key`` (timed out, cancelled): its late reply is
@@ -501,6 +541,13 @@ class ClientConnection:
             self._deliver(waiter, None, _failure(reply))
 
     def _unmatched(self, reply: Dict[str, Any]) -> None:
+        if "notice" in reply and "out" not in reply:  # a kind not known here is ignored (section 11)
+            if reply["notice"] == "drain" and self.draining is None:
+                reason = reply.get("reason")
+                self.draining = reason if type(reason) is str else "unknown"
+                if self._on_drain is not None:
+                    self._on_drain(self.draining)
+            return
         error = _failure(reply)
         if isinstance(error, RemoteError):
             self.connection_error = error
