@@ -1,0 +1,315 @@
+"""The deployment files in deploy/: the shipped HAProxy configuration, run by the real haproxy in front of
+three fastrpc servers (tests/fleet.py) that are restarted one at a time under load; and the Kubernetes
+manifests, checked without a cluster.
+
+haproxy must be installed (.ci/run installs it): without it these tests fail under CI=true and are skipped
+only on a developer's machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import csv
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import pytest
+
+import fastrpc
+
+from .fleet import ROOT, FleetServer, assert_once, executions, make_fleet  # noqa: F401 (make_fleet: a fixture)
+
+CONFIG = ROOT / "deploy" / "haproxy.cfg"
+KUBERNETES = ROOT / "deploy" / "kubernetes"
+BACKEND = "fastrpc"  # the backend's name in deploy/haproxy.cfg; its servers are s1, s2, s3
+DELAY = 0.02  # seconds each work call takes: calls are in flight whenever a server stops
+WAIT = 10.0  # the bound on every wait for HAProxy
+
+
+def haproxy_binary() -> str:
+    found = shutil.which("haproxy")
+    if found:
+        return found
+    if os.environ.get("CI") == "true":
+        pytest.fail("haproxy is not installed; CI must run the HAProxy tests (.ci/run installs it with apt-get)")
+    pytest.skip("haproxy is not installed (apt-get install haproxy); skipped only outside CI: with CI=true this fails")
+
+
+class HAProxy:
+    """haproxy in the foreground (-db) running deploy/haproxy.cfg as shipped, pointed at ``servers``
+    through the environment variables the file reads; the listening port is one the OS had free."""
+
+    def __init__(self, servers: Sequence[FleetServer]) -> None:
+        self.servers = list(servers)
+        self.workdir = tempfile.mkdtemp(prefix="haproxy-")  # short: a unix socket path has ~100 bytes
+        self.admin_socket = os.path.join(self.workdir, "admin.sock")
+        self.port = 0
+        self.output: Deque[str] = collections.deque(maxlen=300)
+        self._proc: Optional["subprocess.Popen[str]"] = None
+
+    def start(self, attempts: int = 3) -> "HAProxy":
+        binary = haproxy_binary()
+        for _ in range(attempts):
+            self.port = free_port()
+            env = {**os.environ, "FASTRPC_LISTEN": f"127.0.0.1:{self.port}", "FASTRPC_HAPROXY_ADMIN": self.admin_socket}
+            env.update({f"FASTRPC_SERVER{i}": s.address for i, s in enumerate(self.servers, 1)})
+            self._proc = subprocess.Popen([binary, "-db", "-f", str(CONFIG)], env=env, stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+            threading.Thread(target=self._read, args=(self._proc,), name="haproxy-output", daemon=True).start()
+            try:
+                self.wait_up(range(1, len(self.servers) + 1))
+                return self
+            except AssertionError:
+                exited = self._proc.poll() is not None
+                self.stop()
+                if not (exited and "cannot bind" in self.tail()):  # only a port taken meanwhile is retried
+                    raise
+        raise AssertionError(f"haproxy could not bind a free port in {attempts} attempts:\n{self.tail()}")
+
+    def _read(self, proc: "subprocess.Popen[str]") -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.output.append(line.rstrip("\n"))
+        proc.stdout.close()
+
+    def server_states(self) -> Dict[str, str]:
+        """Each backend server's status as HAProxy sees it ("UP", "DOWN", "UP 1/2", ...), from its runtime API."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(2)
+            sock.connect(self.admin_socket)
+            sock.sendall(b"show stat\n")
+            chunks = []
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        rows = csv.DictReader(b"".join(chunks).decode().lstrip("# ").splitlines())
+        return {row["svname"]: row["status"] for row in rows if row["pxname"] == BACKEND and row["svname"] != "BACKEND"}
+
+    def wait_up(self, numbers: Iterable[int], timeout: float = WAIT) -> None:
+        """Wait until HAProxy's checks have servers s<number> UP, at most ``timeout`` s."""
+        names = [f"s{n}" for n in numbers]
+        states: Dict[str, str] = {}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise AssertionError(f"haproxy exited with status {self._proc.returncode}:\n{self.tail()}")
+            try:
+                states = self.server_states()
+            except OSError:  # the runtime API is not up yet
+                states = {}
+            if states and all(states.get(name) == "UP" for name in names):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"HAProxy did not see {names} UP within {timeout:g} s: {states}\n{self.tail()}")
+
+    def stop(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(list(self.output)[-lines:])
+
+
+def free_port() -> int:
+    """A port nothing listens on now (another process may take it before it is used: callers retry)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def balanced(make_fleet: Callable[..., List[FleetServer]]) -> Iterator[Tuple[HAProxy, List[FleetServer]]]:
+    """Three fleet servers behind HAProxy, every one UP; all stopped at the end."""
+    haproxy_binary()  # skip or fail before starting anything
+    servers = make_fleet(3)
+    proxy = HAProxy(servers)
+    try:
+        yield proxy.start(), servers
+    finally:
+        proxy.stop()
+
+
+def test_shipped_config_is_valid() -> None:
+    result = subprocess.run([haproxy_binary(), "-c", "-f", str(CONFIG)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_calls_go_through_haproxy_to_every_server(balanced: Tuple[HAProxy, List[FleetServer]]) -> None:
+    proxy, servers = balanced
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as probe:  # the text probe passes through
+        probe.sendall(b"ping")
+        assert probe.recv(64) == b"ok.......pong!"
+
+    async def main() -> List[Any]:
+        # leastconn spreads connections: six held open at once land two on each server.
+        clients = [await fastrpc.connect("127.0.0.1", proxy.port, timeout=10) for _ in range(6)]
+        try:
+            return [await client.call("work", [f"async-{i}"]) for i, client in enumerate(clients)]
+        finally:
+            for client in clients:
+                await client.close()
+
+    replies = asyncio.run(asyncio.wait_for(main(), 30))
+    with fastrpc.SyncClient("127.0.0.1", proxy.port, timeout=10) as client:
+        replies.append(client.call("work", ["sync-0"]))
+    assert {reply["server"] for reply in replies} == {"a", "b", "c"}, replies
+    assert_once(executions(*servers), [*(f"async-{i}" for i in range(6)), "sync-0"])
+
+
+class Callers:
+    """Callers making non-idempotent ``work`` calls, each with an id of its own, until told to stop;
+    what each caller sent, got back and failed with is kept. A caller stops at its first failure."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.sent: List[str] = []
+        self.answered = 0
+        self.failed: List[Tuple[str, str]] = []  # (call id, what happened)
+        self.deadline = time.monotonic() + 45  # whatever happens, no caller runs past this
+
+    def calling(self) -> bool:
+        return not self.stop.is_set() and time.monotonic() < self.deadline
+
+    def record(self, call_id: str, outcome: Any) -> bool:
+        """Note how call ``call_id`` ended; True if it was answered as it should be."""
+        ok = outcome == {"server": outcome.get("server"), "id": call_id} if isinstance(outcome, dict) else False
+        with self.lock:
+            if ok:
+                self.answered += 1
+            else:
+                self.failed.append((call_id, repr(outcome)))
+        return ok
+
+    def new_id(self, caller: str, n: int) -> str:
+        call_id = f"{caller}-{n}"
+        with self.lock:
+            self.sent.append(call_id)
+        return call_id
+
+    async def run_async(self, clients: int, per_client: int) -> None:
+        """``clients`` connections of the async client, ``per_client`` concurrent callers on each."""
+        async def caller(client: Any, name: str) -> None:
+            n = 0
+            while self.calling():
+                call_id = self.new_id(name, n)
+                n += 1
+                try:
+                    outcome = await client.call("work", [call_id, DELAY])
+                except Exception as exc:  # noqa: BLE001 (every failure is recorded)
+                    outcome = exc
+                if not self.record(call_id, outcome):
+                    return
+
+        opened = [await fastrpc.connect("127.0.0.1", self.port, timeout=10) for _ in range(clients)]
+        try:
+            await asyncio.gather(*(caller(c, f"async{i}.{j}") for i, c in enumerate(opened) for j in range(per_client)))
+        finally:
+            for client in opened:
+                await asyncio.wait_for(client.close(), 5)
+
+    def run_sync(self, client: "fastrpc.SyncClient", name: str) -> None:
+        """One thread's calls on a SyncClient that other threads share."""
+        n = 0
+        while self.calling():
+            call_id = self.new_id(name, n)
+            n += 1
+            try:
+                outcome = client.call("work", [call_id, DELAY])
+            except Exception as exc:  # noqa: BLE001
+                outcome = exc
+            if not self.record(call_id, outcome):
+                return
+
+    def summary(self) -> str:
+        kinds = collections.Counter(re.sub(r"\d+", "N", what)[:120] for _, what in self.failed)
+        return (f"{len(self.sent)} sent, {self.answered} answered, {len(self.failed)} failed; failures by kind: "
+                f"{dict(kinds.most_common(8))}; first: {self.failed[:5]}")
+
+
+def test_rolling_restart_behind_haproxy_loses_and_repeats_nothing(
+        balanced: Tuple[HAProxy, List[FleetServer]]) -> None:
+    """Async and blocking clients, given only HAProxy's address, call ``work`` without a pause while each
+    server in turn is stopped (SIGTERM), started again on its port and seen UP by HAProxy. No call may fail,
+    and every call must run exactly once: a server that stops finishes what it started and refuses (never
+    runs) what comes after, the clients move to a new connection, HAProxy sends it to a server that is up."""
+    proxy, servers = balanced
+    callers = Callers(proxy.port)
+    threads = [threading.Thread(target=lambda: asyncio.run(callers.run_async(clients=3, per_client=8)),
+                                name="async-callers")]
+    sync_clients = [fastrpc.SyncClient("127.0.0.1", proxy.port, timeout=10) for _ in range(2)]
+    threads += [threading.Thread(target=callers.run_sync, args=(client, f"sync{i}.{j}"), name=f"sync-caller-{i}.{j}")
+                for i, client in enumerate(sync_clients) for j in range(4)]
+    statuses = []
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)  # calls flowing through every server
+        for number, server in enumerate(servers, 1):
+            statuses.append(server.restart())
+            proxy.wait_up([number])
+            time.sleep(0.3)  # calls on the restarted server too, before the next stops
+    finally:
+        callers.stop.set()
+        for thread in threads:
+            thread.join(20)
+        for client in sync_clients:
+            client.close()
+    assert not any(thread.is_alive() for thread in threads), "a caller did not finish within 20 s"
+    assert statuses == [0, 0, 0], f"exit statuses {statuses}"
+    done = executions(*servers)
+    assert not callers.failed, f"{callers.summary()}; executions: {sum(done.values())}"
+    assert_once(done, callers.sent)
+    assert callers.answered > 300, callers.summary()  # a real load, not a few calls
+
+
+# -- Kubernetes manifests (no cluster here: parsed, and their timings checked) -------------------------
+
+def _number(pattern: str, text: str) -> float:
+    found = re.search(pattern, text)
+    assert found, f"no match for {pattern!r} in deploy/kubernetes/deployment.yaml"
+    return float(found.group(1))
+
+
+def test_termination_grace_covers_prestop_shutdown_grace_and_drain() -> None:
+    """Kubernetes SIGKILLs a pod terminationGracePeriodSeconds after it starts terminating, preStop included:
+    that must exceed the preStop sleep, the server's shutdown grace and the ~2 s bound on its final flush."""
+    text = (KUBERNETES / "deployment.yaml").read_text()
+    period = _number(r"terminationGracePeriodSeconds:\s*(\d+)", text)
+    pre_stop = _number(r"\"sleep\",\s*\"(\d+)\"", text)
+    grace = _number(r"\"--shutdown-grace\",\s*\"(\d+(?:\.\d+)?)\"", text)
+    assert period > pre_stop + grace + 2, (period, pre_stop, grace)
+
+
+def test_manifests_parse() -> None:
+    yaml = pytest.importorskip("yaml", reason="PyYAML is not installed (not a fastrpc dependency)")
+    deployment = yaml.safe_load((KUBERNETES / "deployment.yaml").read_text())
+    service = yaml.safe_load((KUBERNETES / "service.yaml").read_text())
+    assert deployment["kind"] == "Deployment" and service["kind"] == "Service"
+    assert service["spec"]["clusterIP"] == "None"  # headless: the name resolves to every ready pod
+    pod = deployment["spec"]["template"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    [container] = pod["spec"]["containers"]
+    assert "fastrpc call 127.0.0.1:8080 rpc.health" in container["readinessProbe"]["exec"]["command"][-1]
+    assert container["command"][:3] == ["fastrpc", "serve", "myapp:server"]
