@@ -14,19 +14,18 @@ import csv
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 
 import fastrpc
 
+from .conftest import free_port  # another process may take it before haproxy binds it: start() retries
 from .fleet import ROOT, FleetServer, assert_once, executions, make_fleet  # noqa: F401 (make_fleet: a fixture)
 
 CONFIG = ROOT / "deploy" / "haproxy.cfg"
@@ -116,25 +115,15 @@ class HAProxy:
         raise AssertionError(f"HAProxy did not see {names} UP within {timeout:g} s: {states}\n{self.tail()}")
 
     def stop(self) -> None:
+        """Kill it (its SIGTERM is an immediate stop too: nothing graceful is lost) and remove its files."""
         proc = self._proc
         if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            proc.kill()
+            proc.wait(10)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def tail(self, lines: int = 30) -> str:
         return "\n".join(list(self.output)[-lines:])
-
-
-def free_port() -> int:
-    """A port nothing listens on now (another process may take it before it is used: callers retry)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -198,8 +187,9 @@ class Callers:
         with self.lock:
             if ok:
                 self.answered += 1
-            else:
-                self.failed.append((call_id, repr(outcome)))
+            else:  # a remote error's data says whether it ran ({"started": false}: never)
+                data = f" data={outcome.data}" if isinstance(outcome, fastrpc.RemoteError) else ""
+                self.failed.append((call_id, f"{outcome!r}{data}"))
         return ok
 
     def new_id(self, caller: str, n: int) -> str:
@@ -279,7 +269,8 @@ def test_rolling_restart_behind_haproxy_loses_and_repeats_nothing(
     assert not any(thread.is_alive() for thread in threads), "a caller did not finish within 20 s"
     assert statuses == [0, 0, 0], f"exit statuses {statuses}"
     done = executions(*servers)
-    assert not callers.failed, f"{callers.summary()}; executions: {sum(done.values())}"
+    twice = sorted(call_id for call_id, n in done.items() if n > 1)
+    assert not callers.failed, f"{callers.summary()}; executions: {sum(done.values())}, ids run twice: {twice[:10]}"
     assert_once(done, callers.sent)
     assert callers.answered > 300, callers.summary()  # a real load, not a few calls
 
