@@ -9,21 +9,40 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
+import logging
+import socket
 from collections import deque
 from ssl import SSLContext
-from typing import Any, Awaitable, Callable, Deque, Generator, Iterable, Optional
+from typing import Any, Awaitable, Callable, Deque, Dict, Generator, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .auth import AUTH_METHOD
-from .errors import CallTimeout, ConnectionClosed, FastRPCError
+from .endpoints import (
+    DEFAULT_RESOLVE_INTERVAL,
+    Address,
+    Endpoint,
+    Endpoints,
+    EndpointSpec,
+    Resolver,
+    addresses_from,
+    check_addresses,
+    is_ip,
+    parse_endpoints,
+)
+from .errors import CallTimeout, ConnectionClosed, FastRPCError, ShuttingDown
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
-from .net import connect_failed, set_nodelay
+from .net import address_text, connect_failed, set_nodelay
 from .protocol import ABSENT, ClientConnection
 from .retry import check_retries, resendable, retry_delay
 
 __all__ = ["Client", "connect", "DEFAULT_MAX_PENDING"]
 
+log = logging.getLogger("fastrpc.client")
+
 #: Calls a client keeps sent and unanswered at once before further calls wait.
 DEFAULT_MAX_PENDING = 10_000
+#: Times a call refused unrun by draining servers is sent again, beyond one try per endpoint.
+MAX_REFUSALS = 3
 
 
 def _deliver(future: "asyncio.Future[Any]", result: Any, error: Optional[BaseException]) -> None:
@@ -35,19 +54,25 @@ def _deliver(future: "asyncio.Future[Any]", result: Any, error: Optional[BaseExc
         future.set_exception(error)
 
 
+class _Unsent(ConnectionClosed):
+    """The connection was lost or drained before the call went out: it is safe to send elsewhere."""
+
+
 class _ClientProtocol(asyncio.BufferedProtocol):
-    """Moves bytes between the socket and the ``ClientConnection``."""
+    """One connection: moves bytes between the socket and its ``ClientConnection``, makes calls on it."""
 
     def __init__(self, core: ClientConnection, loop: asyncio.AbstractEventLoop, max_pending: int) -> None:
         self.core = core
         self.loop = loop
         self.transport: Optional[asyncio.Transport] = None
         self.lost = loop.create_future()  # done once the connection is gone
+        self.open = True  # takes new calls: neither lost nor drained
         self.error: Optional[BaseException] = None
         self._flush_scheduled = False
         self.max_pending = max_pending
         self.room: Deque["asyncio.Future[bool]"] = deque()  # calls waiting for fewer pending ones
         self.waking = 0  # calls let go that have not sent yet: their places are taken
+        core.on_drain = self.drained
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -66,15 +91,33 @@ class _ClientProtocol(asyncio.BufferedProtocol):
             self.make_room()
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
+        self.open = False
         self.core.close(self.error or exc)
         if not self.lost.done():
             self.lost.set_result(None)
         self.make_room()
 
-    def make_room(self) -> None:
-        """Let waiting calls go, oldest first, as many as there are free places (all of them once closed)."""
-        room = self.room
+    def drained(self, reason: str) -> None:
+        """The server sent its drain notice: no new calls here; those sent are still answered."""
+        self.open = False
+        self.make_room()
+
+    def close_when_idle(self, wait: float = 0.5) -> None:
+        """Close once no call is pending (checked every ``wait`` s): the replies owed still arrive."""
+        self.open = False
         if self.lost.done():
+            return
+        if self.core.pending:
+            self.loop.call_later(wait, self.close_when_idle, wait)
+        else:
+            self.flush()
+            self.transport.close()  # type: ignore[union-attr]
+
+    def make_room(self) -> None:
+        """Let waiting calls go, oldest first, as many as there are free places (all of them once
+        the connection takes no more calls: they find it so and go elsewhere or fail)."""
+        room = self.room
+        if not self.open:
             while room:
                 waiter = room.popleft()
                 if not waiter.done():
@@ -99,32 +142,102 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         if data and not self.transport.is_closing():  # type: ignore[union-attr]
             self.transport.write(data)  # type: ignore[union-attr]
 
+    async def call(self, method: str, params: Any, timeout: Optional[float]) -> Any:
+        """Make one call on this connection (see ``Client.call``); _Unsent if it took no new calls."""
+        core = self.core
+        if core.pending + self.waking >= self.max_pending or self.room:
+            await self._wait_for_room(method, timeout)
+        if not self.open:
+            raise _Unsent("connection is closed")
+        future = self.loop.create_future()
+        key = core.request(method, params, future, deadline=timeout)
+        self.schedule_flush()
+        if timeout is None:
+            try:
+                return await future
+            except asyncio.CancelledError:
+                core.forget(key)  # and tell the server to stop it
+                self.schedule_flush()
+                self.make_room()
+                raise
+        timer = self.loop.call_later(timeout, _expire, future, method, timeout)
+        try:
+            return await future
+        except BaseException:
+            core.forget(key)  # a no-op if it was answered; else a cancel frame goes out
+            self.schedule_flush()
+            self.make_room()
+            raise
+        finally:
+            timer.cancel()
+
+    async def _wait_for_room(self, method: str, timeout: Optional[float]) -> None:
+        """Wait, in line, until a place among ``max_pending`` is free: the client buffers no more than that."""
+        loop = self.loop
+        deadline = None if timeout is None else loop.time() + timeout
+        while self.open:
+            waiter: "asyncio.Future[bool]" = loop.create_future()
+            self.room.append(waiter)
+            self.make_room()  # there may be a place already
+            try:
+                if deadline is None:
+                    counted = await waiter
+                else:
+                    counted = await asyncio.wait_for(waiter, deadline - loop.time())
+            except asyncio.TimeoutError:
+                raise CallTimeout(f"call to {method!r} timed out after {timeout} s waiting to be sent "
+                                  f"({self.max_pending} calls were pending)") from None
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled() and waiter.result():
+                    self.waking -= 1  # it was let go, and will not take its place: pass it on
+                    self.make_room()
+                raise
+            if counted:
+                self.waking -= 1
+                return
+
 
 class Client:
-    """A connection to a fastrpc server. Make one with ``await fastrpc.connect(...)``."""
+    """A client of one or several fastrpc servers. Make one with ``await fastrpc.connect(...)``."""
 
     def __init__(
         self,
-        protocol: _ClientProtocol,
+        endpoints: Endpoints,
+        dial: Callable[[Address], Awaitable[_ClientProtocol]],
+        resolve: Callable[[], Awaitable[List[Address]]],
+        *,
         timeout: Optional[float],
-        dial: Optional[Callable[[], Awaitable[_ClientProtocol]]] = None,
-        retries: int = 0,
-        idempotent: Iterable[str] = (),
+        retries: int,
+        idempotent: Iterable[str],
+        loop: asyncio.AbstractEventLoop,
     ) -> None:
-        self._protocol = protocol
-        self._core = protocol.core
-        self._loop = protocol.loop
+        self._endpoints = endpoints
+        self._dial = dial
+        self._resolve = resolve
+        self._loop = loop
         self.timeout = timeout
         self.retries = retries
         self.idempotent = frozenset(idempotent)
-        self._dial = dial
-        self._redial: "Optional[asyncio.Task[None]]" = None
+        # One fixed address: calls go straight to its connection (``_link``) while it takes them.
+        self._single = not endpoints.dynamic and len(endpoints.all) == 1
+        # A lost connection is replaced (and calls not yet sent go on) when there is somewhere to go or
+        # retries are asked for; a lone connection without retries reports its loss, as it always did.
+        self._replace_lost = retries > 0 or not self._single
+        self._link: Optional[_ClientProtocol] = None
+        self._old: Set[_ClientProtocol] = set()  # drained or dropped connections still owed replies
+        self._resolving: "Optional[asyncio.Task[None]]" = None
         self._closing = False
 
     @property
     def closed(self) -> bool:
-        """True once the connection is closed or lost."""
-        return self._protocol.lost.done()
+        """True once ``close()`` was called, or the connection of a client that does not
+        replace lost ones (one address, no ``retries``) is lost."""
+        if self._closing:
+            return True
+        if self._replace_lost:
+            return False
+        link = self._endpoints.all[0].link
+        return link is None or (link.lost.done() and link.core.draining is None)
 
     async def call(
         self, method: str, params: Any = ABSENT, *, timeout: Optional[float] = ABSENT,
@@ -139,116 +252,167 @@ class Client:
         stop the call, and a late reply, if any, is dropped. Remote errors raise the RemoteError
         subclass of their code; a lost connection raises ConnectionClosed.
 
+        A call a draining server refused before running it (ShuttingDown with
+        ``never_ran``) is sent again at once: to another endpoint, or on a new
+        connection to the same address (through a balancer, another instance).
         With ``retries`` set on the client, a call whose connection is lost
-        before its reply arrives is sent again on a new connection if it is
-        idempotent: ``idempotent=True`` here, or its method is in the
-        client's ``idempotent`` set (``idempotent=False`` opts one call out).
+        before its reply arrives is sent again, to another endpoint if there
+        is one, if it is idempotent: ``idempotent=True`` here, or its method is
+        in the client's ``idempotent`` set (``idempotent=False`` opts one call
+        out). Other calls lost in flight raise ConnectionClosed: they may have
+        run, and are never run twice.
         """
         if timeout is ABSENT:
             timeout = self.timeout
-        if self.retries and resendable(method, idempotent, self.idempotent):
-            return await self._call_retrying(method, params, timeout)
-        protocol = self._protocol
-        if protocol.lost.done() and self.retries and not self._closing:
-            await self._reconnect(timeout)  # a call not yet sent is safe to send on a new connection
-            protocol = self._protocol
-        if self._core.pending + protocol.waking >= protocol.max_pending or protocol.room:
-            await self._wait_for_room(method, timeout)
-        if protocol.lost.done():
-            raise ConnectionClosed("connection is closed")
-        future = self._loop.create_future()
-        key = self._core.request(method, params, future, deadline=timeout)
-        protocol.schedule_flush()
-        if timeout is None:
+        link = self._link
+        refused: Optional[ShuttingDown] = None
+        if link is not None and link.open and not self.retries:  # the one-connection fast path
             try:
-                return await future
-            except asyncio.CancelledError:
-                self._core.forget(key)  # and tell the server to stop it
-                protocol.schedule_flush()
-                protocol.make_room()
+                return await link.call(method, params, timeout)
+            except ShuttingDown as exc:
+                if not exc.never_ran:
+                    raise
+                refused = exc
+            except _Unsent:
+                pass
+        return await self._call_anywhere(method, params, timeout, idempotent, refused)
+
+    async def _call_anywhere(self, method: str, params: Any, timeout: Optional[float], idempotent: Optional[bool],
+                             refused: Optional[ShuttingDown]) -> Any:
+        """``call`` through the balancer: a connection is chosen (opened if need be) and the call is sent
+        again where that is safe: refused unrun, not sent, or lost and idempotent with ``retries``."""
+        loop = self._loop
+        deadline = None if timeout is None else loop.time() + timeout
+        resend_lost = self.retries and resendable(method, idempotent, self.idempotent)
+        lost = 0
+        for _ in range(len(self._endpoints.all) + self.retries + MAX_REFUSALS):
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                raise CallTimeout(f"call to {method!r} timed out after {timeout} s")
+            try:
+                endpoint, link = await self._choose(left)
+            except ConnectionClosed:
+                if refused is not None:
+                    raise refused from None  # nowhere else to send it: the refusal says most
                 raise
-        timer = self._loop.call_later(timeout, _expire, future, method, timeout)
+            endpoint.load += 1
+            try:
+                return await link.call(method, params, left)
+            except _Unsent:
+                pass
+            except ShuttingDown as exc:
+                if not exc.never_ran:
+                    raise
+                link.drained("refused")  # the notice may still be on its way
+                refused = exc
+            except ConnectionClosed:
+                if not resend_lost or lost >= self.retries or self._closing:
+                    raise
+                await asyncio.sleep(retry_delay(lost))
+                lost += 1
+            finally:
+                endpoint.load -= 1
+        if refused is not None:
+            raise refused
+        raise ConnectionClosed(f"call to {method!r} found no connection to send it on")
+
+    async def _choose(self, timeout: Optional[float]) -> Tuple[Endpoint, _ClientProtocol]:
+        """The endpoint for a call and its open connection, opened now if need be: endpoints that
+        cannot be reached are set aside and the next is tried. ConnectionClosed if none can."""
+        endpoints = self._endpoints
+        if self._closing:
+            raise ConnectionClosed("connection is closed")
+        now = self._loop.time()
+        if endpoints.resolve_due(now) and self._resolving is None:
+            self._resolving = self._loop.create_task(self._resolve_again())
+        failure: Optional[ConnectionClosed] = None
+        tried: Set[Endpoint] = set()
+        while True:
+            endpoint = endpoints.pick(now)
+            if endpoint is None:
+                raise ConnectionClosed("no server to call: no addresses were found")
+            if endpoint in tried:
+                assert failure is not None
+                raise failure
+            link = endpoint.link
+            if link is not None:
+                if link.open:
+                    return endpoint, link
+                if link.core.draining is None:  # lost, not drained
+                    if not self._replace_lost:
+                        raise ConnectionClosed("connection is closed")
+                    endpoints.failed(endpoint, now)  # it dropped the connection: the others take calls first
+                    endpoint.link = None
+                    continue
+            tried.add(endpoint)
+            try:
+                return endpoint, await self._open(endpoint, timeout)
+            except ConnectionClosed as exc:
+                failure = exc
+            now = self._loop.time()
+
+    async def _open(self, endpoint: Endpoint, timeout: Optional[float]) -> _ClientProtocol:
+        """A new connection to ``endpoint``; concurrent callers share one attempt."""
+        task = endpoint.dialing
+        if task is None:
+            task = endpoint.dialing = self._loop.create_task(self._dial_endpoint(endpoint))
+            task.add_done_callback(_consume)
         try:
-            return await future
-        except BaseException:
-            self._core.forget(key)  # a no-op if it was answered; else a cancel frame goes out
-            protocol.schedule_flush()
-            protocol.make_room()
+            return await asyncio.wait_for(asyncio.shield(task), timeout)
+        except asyncio.TimeoutError:
+            raise CallTimeout(f"connecting to {address_text(endpoint.address)} timed out after {timeout} s") from None
+
+    async def _dial_endpoint(self, endpoint: Endpoint) -> _ClientProtocol:
+        try:
+            link = await self._dial(endpoint.address)
+        except ConnectionClosed:
+            self._endpoints.failed(endpoint, self._loop.time())
             raise
         finally:
-            timer.cancel()
-
-    async def _wait_for_room(self, method: str, timeout: Optional[float]) -> None:
-        """Wait, in line, until a place among ``max_pending`` is free: the client buffers no more than that."""
-        protocol = self._protocol
-        deadline = None if timeout is None else self._loop.time() + timeout
-        while not protocol.lost.done():
-            waiter: "asyncio.Future[bool]" = self._loop.create_future()
-            protocol.room.append(waiter)
-            protocol.make_room()  # there may be a place already
-            try:
-                if deadline is None:
-                    counted = await waiter
-                else:
-                    counted = await asyncio.wait_for(waiter, deadline - self._loop.time())
-            except asyncio.TimeoutError:
-                raise CallTimeout(f"call to {method!r} timed out after {timeout} s waiting to be sent "
-                                  f"({protocol.max_pending} calls were pending)") from None
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled() and waiter.result():
-                    protocol.waking -= 1  # it was let go, and will not take its place: pass it on
-                    protocol.make_room()
-                raise
-            if counted:
-                protocol.waking -= 1
-                return
-
-    async def _call_retrying(self, method: str, params: Any, timeout: Optional[float]) -> Any:
-        """``call``, sent again on a new connection each time the connection is lost, ``retries`` times at most."""
-        deadline = None if timeout is None else self._loop.time() + timeout
-        for attempt in range(self.retries + 1):
-            left = None if deadline is None else deadline - self._loop.time()
-            if left is not None and left <= 0:
-                raise CallTimeout(f"call to {method!r} timed out after {timeout} s (connection lost {attempt} times)")
-            try:
-                return await self.call(method, params, timeout=left, idempotent=False)
-            except ConnectionClosed:
-                if attempt == self.retries or self._closing:
-                    raise
-            await asyncio.sleep(retry_delay(attempt))
-        raise AssertionError("unreachable")
-
-    async def _reconnect(self, timeout: Optional[float]) -> None:
-        """Replace a lost connection; concurrent callers share one new connection."""
-        if self._dial is None:
-            raise ConnectionClosed("connection is closed")
-        if self._redial is None:
-            self._redial = self._loop.create_task(self._replace(self._dial))
-            self._redial.add_done_callback(_consume)
-        try:
-            await asyncio.wait_for(asyncio.shield(self._redial), timeout)
-        except asyncio.TimeoutError:
-            raise CallTimeout(f"reconnecting timed out after {timeout} s") from None
-
-    async def _replace(self, dial: Callable[[], Awaitable[_ClientProtocol]]) -> None:
-        try:
-            protocol = await dial()
-        finally:
-            self._redial = None
+            endpoint.dialing = None
         if self._closing:
-            protocol.transport.close()  # type: ignore[union-attr]
+            link.transport.close()  # type: ignore[union-attr]
             raise ConnectionClosed("connection is closed")
-        self._protocol = protocol
-        self._core = protocol.core
+        self._endpoints.succeeded(endpoint)
+        self._set_link(endpoint, link)
+        return link
+
+    def _set_link(self, endpoint: Endpoint, link: Optional[_ClientProtocol]) -> None:
+        old = endpoint.link
+        if old is not None and old is not link and not old.lost.done():
+            self._old.add(old)  # drained: it closes (or the server closes it) once its replies are in
+            old.lost.add_done_callback(lambda _: self._old.discard(old))
+            old.close_when_idle()
+        endpoint.link = link
+        if self._single:
+            self._link = link
+
+    async def _resolve_again(self) -> None:
+        """Resolve the names (or ask the resolver) again: new addresses get calls, vanished ones none."""
+        endpoints = self._endpoints
+        try:
+            addresses = await self._resolve()
+        except Exception as exc:  # DNS down, a resolver's bug: keep what we have, try again later
+            log.warning("fastrpc client: resolving the servers' addresses failed (keeping %d): %s",
+                        len(endpoints.all), exc)
+            addresses = []
+        finally:
+            self._resolving = None
+        for endpoint in endpoints.update(addresses, self._loop.time()):
+            self._set_link(endpoint, None)
 
     async def close(self) -> None:
-        """Close the connection; pending calls fail with ConnectionClosed."""
+        """Close every connection; pending calls fail with ConnectionClosed."""
         self._closing = True
-        protocol = self._protocol
-        if protocol.transport is not None:
-            protocol.flush()
-            protocol.transport.close()
-        await asyncio.shield(protocol.lost)
+        if self._resolving is not None:
+            self._resolving.cancel()
+        links = [e.link for e in self._endpoints.all if e.link is not None] + list(self._old)
+        for link in links:
+            if link.transport is not None:
+                link.flush()
+                link.transport.close()
+        if links:
+            await asyncio.shield(asyncio.gather(*(link.lost for link in links)))
 
     async def __aenter__(self) -> "Client":
         return self
@@ -268,8 +432,7 @@ def _consume(task: "asyncio.Task[None]") -> None:
 
 
 async def _dial(
-    host: str,
-    port: int,
+    address: Address,
     *,
     ids: bool,
     max_frame_size: int,
@@ -279,50 +442,88 @@ async def _dial(
     token: Optional[str],
     max_pending: int,
 ) -> _ClientProtocol:
-    """Open a connection and authenticate it: it is ready for calls."""
+    """Open a connection, authenticate it and ask for notices: it is ready for calls."""
+    host, port = address
     loop = asyncio.get_running_loop()
     core = ClientConnection(_deliver, ids=ids, max_frame_size=max_frame_size)
     try:
         _, protocol = await asyncio.wait_for(
             loop.create_connection(lambda: _ClientProtocol(core, loop, max_pending), host, port, ssl=ssl,
-                                   server_hostname=server_hostname if ssl is not None else None),
+                                   server_hostname=(server_hostname or host) if ssl is not None else None),
             connect_timeout,
         )
     except (asyncio.TimeoutError, OSError) as exc:  # ssl.SSLError too: a failed handshake
         raise connect_failed(host, port, exc, connect_timeout) from exc
     if token is not None:
-        first = Client(protocol, None)
         try:
-            await first.call(AUTH_METHOD, token, timeout=connect_timeout)
+            await protocol.call(AUTH_METHOD, token, connect_timeout)
         except BaseException:
-            await first.close()
+            protocol.transport.close()  # type: ignore[union-attr]
             raise
+    core.ask_for_notices()
+    protocol.schedule_flush()
     return protocol
 
 
+async def _resolve_names(loop: asyncio.AbstractEventLoop, targets: Sequence[Address]) -> List[Address]:
+    """Every address of ``targets``: IP addresses as they are, names by ``getaddrinfo`` (A and AAAA)."""
+    found: List[Address] = []
+    for host, port in targets:
+        if is_ip(host):
+            found.append((host, port))
+        else:
+            try:
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                raise connect_failed(host, port, exc) from exc
+            found.extend(addresses_from(infos, port))
+    return list(dict.fromkeys(found))
+
+
+async def _ask(resolver: Resolver) -> List[Address]:
+    result = resolver()
+    if inspect.isawaitable(result):
+        result = await result
+    return check_addresses(result)
+
+
 class connect:
-    """Open a connection: ``client = await connect(...)`` or ``async with connect(...) as client``.
+    """Open a client: ``client = await connect(...)`` or ``async with connect(...) as client``.
+
+    ``host`` is one host (with ``port``), or a list of ``"host:port"``
+    strings or ``(host, port)`` pairs. A host name is resolved to all its
+    addresses (A and AAAA records: a Kubernetes headless Service gives one per
+    ready pod), and resolved again every ``resolve_interval`` seconds and soon
+    after a failure, so that new instances get calls and vanished ones none.
+    ``resolver`` (a function, or a coroutine function, returning a list of
+    ``"host:port"`` or ``(host, port)``) replaces that for any other discovery
+    system. Each call goes to the less loaded (fewest calls outstanding) of two
+    endpoints drawn at random; one that refuses or drops connections is set
+    aside with backoff. One connection per endpoint, opened when first
+    chosen; ``connect`` returns once one is open. A server's drain notice moves
+    new calls off its connection at once (for a single address, onto a new
+    connection to it: through a balancer, to another instance).
 
     ``ids=False`` selects the ordered mode for servers that answer without
     ids, in request order. ``timeout`` is the default per-call timeout.
     ``ssl`` (an ``ssl.SSLContext``, e.g. from ``fastrpc.tls.client_context``)
     makes it a TLS connection; ``server_hostname`` overrides the name the
-    server's certificate is checked against (default: ``host``). ``token``
-    authenticates the connection first (``fastrpc.Unauthenticated`` if refused).
-    At most ``max_pending`` calls are sent and unanswered at once; further
-    calls wait (within their timeout) for room, so memory stays bounded
-    however many are started.
+    server's certificate is checked against (default: the host name given).
+    ``token`` authenticates each connection first (``fastrpc.Unauthenticated``
+    if refused). At most ``max_pending`` calls are sent and unanswered at once
+    on a connection; further calls wait (within their timeout) for room, so
+    memory stays bounded however many are started.
 
-    ``retries`` (default 0: off) makes the client reconnect when it finds its
-    connection lost, and resend each call that is lost with it, up to that
-    many times, if the call is idempotent: its method is in ``idempotent``,
-    or it was made with ``call(..., idempotent=True)``. Calls that may have
-    run and must not run twice fail with ConnectionClosed instead.
+    ``retries`` (default 0: off) makes the client replace a lost connection,
+    and resend each call lost with it, up to that many times, if the call is
+    idempotent: its method is in ``idempotent``, or it was made with
+    ``call(..., idempotent=True)``. Calls that may have run and must not run
+    twice fail with ConnectionClosed instead.
     """
 
     def __init__(
         self,
-        host: str = "127.0.0.1",
+        host: EndpointSpec = "127.0.0.1",
         port: int = 8080,
         *,
         ids: bool = True,
@@ -335,19 +536,42 @@ class connect:
         max_pending: int = DEFAULT_MAX_PENDING,
         retries: int = 0,
         idempotent: Iterable[str] = (),
+        resolver: Optional[Resolver] = None,
+        resolve_interval: Optional[float] = DEFAULT_RESOLVE_INTERVAL,
     ) -> None:
         if max_pending < 1:
             raise ValueError(f"max_pending must be at least 1, got {max_pending!r}")
-        dial = functools.partial(_dial, host, port, ids=ids, max_frame_size=check_max_frame_size(max_frame_size),
+        targets = parse_endpoints(host, port)
+        if server_hostname is None and ssl is not None and len(targets) == 1 and not is_ip(targets[0][0]):
+            server_hostname = targets[0][0]  # the certificate names the host, not the addresses it resolves to
+        dial = functools.partial(_dial, ids=ids, max_frame_size=check_max_frame_size(max_frame_size),
                                  connect_timeout=connect_timeout, ssl=ssl, server_hostname=server_hostname,
                                  token=token, max_pending=max_pending)
-        self._coro = self._open(dial, timeout, check_retries(retries), idempotent)
+        self._coro = self._open(targets, resolver, resolve_interval, dial,
+                                dict(timeout=timeout, retries=check_retries(retries), idempotent=idempotent))
         self._client: Optional[Client] = None
 
     @staticmethod
-    async def _open(dial: Callable[[], Awaitable[_ClientProtocol]], timeout: Optional[float], retries: int,
-                    idempotent: Iterable[str]) -> Client:
-        return Client(await dial(), timeout, dial, retries, idempotent)
+    async def _open(targets: List[Address], resolver: Optional[Resolver], resolve_interval: Optional[float],
+                    dial: Callable[[Address], Awaitable[_ClientProtocol]], options: Dict[str, Any]) -> Client:
+        loop = asyncio.get_running_loop()
+        if resolver is not None:
+            resolve: Callable[[], Awaitable[List[Address]]] = functools.partial(_ask, resolver)
+        else:
+            resolve = functools.partial(_resolve_names, loop, targets)
+        dynamic = resolver is not None or not all(is_ip(host) for host, _ in targets)
+        addresses = await resolve() if dynamic else targets
+        if not addresses:
+            raise ConnectionClosed("no server to call: the resolver found no addresses")
+        endpoints = Endpoints(addresses, dynamic=dynamic, resolve_interval=resolve_interval, now=loop.time())
+        client = Client(endpoints, dial, resolve, loop=loop, **options)
+        # Open one connection now, so that a wrong address or token shows here and not at the first call.
+        try:
+            endpoint, _ = await client._choose(None)
+        except BaseException:
+            await client.close()
+            raise
+        return client
 
     def __await__(self) -> Generator[Any, None, Client]:
         return self._coro.__await__()

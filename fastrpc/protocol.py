@@ -440,7 +440,7 @@ class ClientConnection:
         on_drain: Optional[Callable[[str], None]] = None,
     ) -> None:
         self._deliver = deliver
-        self._on_drain = on_drain
+        self.on_drain = on_drain  # called with the reason of a drain notice
         self.ids = ids
         self._reader = FrameReader(max_frame_size)
         self.get_buffer = self._reader.get_buffer
@@ -545,8 +545,8 @@ class ClientConnection:
             if reply["notice"] == "drain" and self.draining is None:
                 reason = reply.get("reason")
                 self.draining = reason if type(reason) is str else "unknown"
-                if self._on_drain is not None:
-                    self._on_drain(self.draining)
+                if self.on_drain is not None:
+                    self.on_drain(self.draining)
             return
         error = _failure(reply)
         if isinstance(error, RemoteError):

@@ -209,7 +209,7 @@ def test_async_client_bounds_its_pending_calls(run: Any) -> None:
         async with serving(server) as port, fastrpc.connect("127.0.0.1", port, max_pending=5) as client:
             calls = [asyncio.ensure_future(client.call("hold", [0.1])) for _ in range(20)]
             await asyncio.sleep(0.05)
-            assert client._core.pending == 5 and seen["now"] == 5  # the other 15 wait in the client, unsent
+            assert client._link.core.pending == 5 and seen["now"] == 5  # the other 15 wait in the client, unsent
             assert sorted(await asyncio.gather(*calls)) == list(range(1, 21))
             assert seen["most"] == 5
             # Waiting for room counts against the call's timeout.

@@ -422,7 +422,7 @@ def test_handler_failures_are_logged_with_their_traceback(run: Any, caplog: pyte
                     await client.call(method)
             with pytest.raises(fastrpc.InvalidParams):  # a RemoteError raised on purpose: not logged
                 await client.call("refuse")
-            local_port = client._protocol.transport.get_extra_info("sockname")[1]  # type: ignore[union-attr]
+            local_port = client._link.transport.get_extra_info("sockname")[1]  # type: ignore[union-attr]
         return int(local_port)
 
     with caplog.at_level(logging.ERROR, logger="fastrpc.server"):
