@@ -11,11 +11,13 @@ import time
 from pathlib import Path
 from typing import Any, List
 
+import orjson
 import pytest
 
 import fastrpc
+from fastrpc.protocol import encode_request
 
-from .conftest import demo_server, free_port, serving, wait_listening
+from .conftest import RawConnection, demo_server, frame, free_port, serving, wait_listening
 
 
 def test_running_calls_finish_and_new_ones_are_refused(run: Any) -> None:
@@ -259,7 +261,8 @@ def test_close_is_bounded_while_a_client_keeps_calling(run: Any) -> None:
 
 
 def test_a_call_refused_while_stopping_never_ran(run: Any) -> None:
-    """The -32002 refusal is decided before any handler starts: a counting handler never counts one."""
+    """The -32002 refusal is decided before any handler starts: a counting handler never counts one.
+    The calls come from a client that did not ask for notices (an older one): it keeps sending."""
     async def main() -> None:
         server = demo_server(shutdown_grace=5)
         runs: List[int] = []
@@ -270,14 +273,17 @@ def test_a_call_refused_while_stopping_never_ran(run: Any) -> None:
             return n
 
         async with serving(server) as port, fastrpc.connect("127.0.0.1", port) as client:
-            holder = asyncio.ensure_future(client.call("sleep", 0.5))  # keeps the connection draining
-            assert await client.call("count", [0]) == 0
-            await asyncio.sleep(0.05)
+            holder = asyncio.ensure_future(client.call("sleep", 0.5))  # keeps the server draining
+            raw = await RawConnection.open(port)
+            await raw.send(frame(encode_request("count", [0], 0)))
+            assert orjson.loads(await raw.read_frame())["result"] == 0
             server.close()
-            outcomes = await asyncio.gather(*[client.call("count", [i]) for i in range(1, 200)], return_exceptions=True)
-            assert all(isinstance(o, fastrpc.ShuttingDown) and o.never_ran for o in outcomes), outcomes[:3]
+            await raw.send(b"".join(frame(encode_request("count", [i], i)) for i in range(1, 200)))
+            replies = [orjson.loads(await raw.read_frame()) for _ in range(1, 200)]
+            assert all(r["error"]["code"] == -32002 and r["error"]["data"] == {"started": False} for r in replies), replies[:3]
             assert runs == [0]
             assert await holder == 0.5
+            await raw.close()
 
     run(main())
 
@@ -292,10 +298,12 @@ def test_health_says_not_serving_while_the_server_drains(run: Any) -> None:
             server.serving = True
             holder = asyncio.ensure_future(client.call("sleep", 0.5))
             await asyncio.sleep(0.05)
+            raw = await RawConnection.open(port)  # a client that did not ask for notices: it keeps sending
             server.close()
-            assert await client.call("rpc.health") == "NOT_SERVING"  # answered, not refused, while draining
-            with pytest.raises(fastrpc.ShuttingDown):
-                await client.call("ping")
+            await raw.send(frame(encode_request("rpc.health", rid=1)) + frame(encode_request("ping", rid=2)))
+            assert orjson.loads(await raw.read_frame())["result"] == "NOT_SERVING"  # answered, not refused, while draining
+            assert orjson.loads(await raw.read_frame())["error"]["code"] == -32002
             assert await holder == 0.5
+            await raw.close()
 
     run(main())
