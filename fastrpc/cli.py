@@ -17,7 +17,7 @@ from .errors import CallTimeout, ConnectionClosed, RemoteError
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
 from .net import listen_failed
 from .protocol import ABSENT
-from .server import LOG_FORMAT, Server, run
+from .server import LOG_FORMAT, MAX_AGE_JITTER, Server, run
 
 # Exit statuses of `fastrpc call` (2 is argparse's usage error).
 EXIT_REMOTE_ERROR = 1
@@ -343,6 +343,11 @@ _SERVER_OPTIONS: Dict[str, Tuple[Callable[[str], Any], str, str]] = {
     "idle_timeout": (_positive_float, "S", "close connections idle this long (default: never)"),
     "frame_timeout": (_positive_float, "S", "cut off a client taking longer than this to send one frame (default 60)"),
     "shutdown_grace": (_non_negative_float, "S", "on SIGTERM/SIGINT, seconds running calls get to finish (default 30)"),
+    "max_connection_age": (_positive_float, "S", f"retire each connection after about this long (less up to "
+                                                 f"{MAX_AGE_JITTER * 100:g} %%, drawn per connection): it drains as on a "
+                                                 f"stop and its client reconnects (default: never)"),
+    "max_connection_age_grace": (_positive_float, "S", "seconds the running calls of a connection so retired get to finish "
+                                                       "(default: the shutdown grace)"),
 }
 
 # Settings of fastrpc.Server that `serve` takes as flags (on when given): name -> help.

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import math
+import random
 import signal
 import time
 from ssl import SSLContext
@@ -51,6 +53,10 @@ FLUSH_LIMIT = 1.0
 #: make the peer's kernel drop the error frame before the peer has read it.
 HANG_UP_LINGER = 1.0
 
+#: A connection's own maximum age is drawn uniformly between (1 - MAX_AGE_JITTER) and 1
+#: times ``max_connection_age``, so that clients connected together do not all reconnect together.
+MAX_AGE_JITTER = 0.1
+
 #: Handler failures logged per method and second; more are counted, and the count logged.
 FAILURES_LOGGED_PER_SECOND = 5
 
@@ -79,6 +85,12 @@ class Server:
     a method of that name is registered over it, and ``rpc.health``:
     ``"SERVING"``, or ``"NOT_SERVING"`` once it is stopping or the application
     set ``serving`` to False (it keeps answering while the server drains).
+
+    With ``max_connection_age`` (seconds), each connection is retired once
+    it is that old (less up to MAX_AGE_JITTER of it, drawn per connection):
+    it drains as on a stop, its running calls get ``max_connection_age_grace``
+    (default: ``shutdown_grace``), and its client reconnects, perhaps to a
+    new server of a rolling deploy.
     """
 
     def __init__(
@@ -90,6 +102,8 @@ class Server:
         idle_timeout: Optional[float] = None,
         frame_timeout: Optional[float] = 60.0,
         shutdown_grace: float = 30.0,
+        max_connection_age: Optional[float] = None,
+        max_connection_age_grace: Optional[float] = None,
         tokens: Optional[Iterable[str]] = None,
         debug: bool = False,
     ) -> None:
@@ -111,6 +125,12 @@ class Server:
         if not shutdown_grace >= 0:
             raise ValueError(f"shutdown_grace must be zero or more seconds, got {shutdown_grace!r}")
         self.shutdown_grace = shutdown_grace
+        for name, value in (("max_connection_age", max_connection_age), ("max_connection_age_grace", max_connection_age_grace)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf):
+                raise ValueError(f"{name} must be a positive, finite number of seconds (or None: off), got {value!r}")
+        self.max_connection_age = max_connection_age
+        self.max_connection_age_grace = max_connection_age_grace  # None: shutdown_grace
+        self.aged_out = 0  # connections retired for reaching max_connection_age
         self.debug = debug
         self.serving = True  # what rpc.health says while the server is not stopping
         # The built-ins, which a stopping server keeps answering (no application method can share their names).
@@ -288,6 +308,13 @@ class Server:
 
     # -- the connections' bookkeeping (called by _Connection) -----------------------
 
+    def _connection_age(self) -> Optional[float]:
+        """Seconds a new connection may live (None: no limit), jittered."""
+        age = self.max_connection_age
+        if age is None:
+            return None
+        return age * random.uniform(1.0 - MAX_AGE_JITTER, 1.0)
+
     def _admit(self, connection: "_Connection") -> bool:
         """Count a new connection in, unless at ``max_connections``."""
         if self.max_connections is not None and len(self._connections) >= self.max_connections:
@@ -331,8 +358,10 @@ class _Connection(asyncio.BufferedProtocol):
     A connection is in one of four states:
 
     - ``OPEN``: requests are read and answered.
-    - ``DRAINING`` (``shut_down``): the server is stopping; new calls are
-      refused with -32002, running ones go on until the grace ends
+    - ``DRAINING`` (``shut_down``, or ``_reach_age`` for this connection
+      alone): the server is stopping, or the connection reached its maximum
+      age; a peer that asked for notices is sent the drain notice, new calls
+      are refused with -32002, running ones go on until the grace ends
       (``cancel_calls``). It ends once it owes no reply and either nothing
       arrived for ``LINGER`` or it has drained for ``DRAIN_LIMIT``.
     - ``ENDING`` (``end``): what was written is followed by a FIN, nothing
@@ -347,7 +376,8 @@ class _Connection(asyncio.BufferedProtocol):
     owed is written (``_flush``); an error frame for a frame too large, a busy
     server, a frame too slow or a failed authentication (``_hang_up``, then
     ``ENDING``); ``idle_timeout`` with nothing owed (closed at once); the
-    server stopping (``DRAINING``, then ``ENDING``).
+    server stopping or the connection reaching its maximum age
+    (``DRAINING``, then ``ENDING``).
     """
 
     def __init__(self, server: Server) -> None:
@@ -366,6 +396,8 @@ class _Connection(asyncio.BufferedProtocol):
         self._eof = False  # the peer will send nothing more
         self._timer: Optional[asyncio.TimerHandle] = None  # DRAINING: the quiet wait; ENDING: the close
         self._drain_until = 0.0
+        # max_connection_age: the connection's age, then its grace, then the flush after it.
+        self._age_timer: Optional[asyncio.TimerHandle] = None
         self._max_in_flight = server.max_in_flight
         self._held = False  # the core holds frames read past max_in_flight
         self._writing_paused = False  # the transport's write buffer is above its high-water mark
@@ -397,6 +429,10 @@ class _Connection(asyncio.BufferedProtocol):
         log.debug("connection from %s opened", address_text(self._peer))
         if server.closing:
             self.shut_down()
+            return
+        age = server._connection_age()
+        if age is not None:
+            self._age_timer = self._loop.call_later(age, self._reach_age, age)
 
     def get_buffer(self, sizehint: int) -> memoryview:  # replaced per instance in __init__
         return self._core.get_buffer(sizehint)
@@ -420,8 +456,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         self._state = CLOSED
-        if self._timer is not None:
-            self._timer.cancel()
+        self._cancel_timers()
         for task in self._tasks.values():
             task.cancel()
         self._server._forget(self)
@@ -457,9 +492,13 @@ class _Connection(asyncio.BufferedProtocol):
         else:
             transport.write_eof()
             transport.pause_reading()
-        if self._timer is not None:
-            self._timer.cancel()
+        self._cancel_timers()
         self._timer = self._loop.call_later(HANG_UP_LINGER, self._close_ended)
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._timer, self._age_timer):
+            if timer is not None:
+                timer.cancel()
 
     def _close_ended(self) -> None:
         # Closing at once would send a reset over requests still unread; waiting
@@ -530,13 +569,44 @@ class _Connection(asyncio.BufferedProtocol):
     # -- graceful shutdown ---------------------------------------------------------
 
     def shut_down(self) -> None:
-        """Go to DRAINING: refuse new calls, end once nothing is owed."""
+        """The server is stopping: go to DRAINING (the server's timers end the grace)."""
+        if self._age_timer is not None and self._state is OPEN:  # the stop takes over from the age still counting
+            self._age_timer.cancel()
+            self._age_timer = None
+        self._drain("shutdown")
+
+    def _drain(self, reason: str) -> None:
+        """Go to DRAINING: send the drain notice (if asked for), refuse new calls, end once nothing is owed."""
         if self._state is not OPEN:
             return
         self._state = DRAINING
         self._drain_until = self._loop.time() + DRAIN_LIMIT
-        self._core.refuse_calls(self._server._builtins)
+        core = self._core
+        core.refuse_calls(self._server._builtins)
+        if core.drain_notice(reason) and not self._done():
+            self._transport.write(core.data_to_send())  # at once: ahead of the replies still owed
         self._close_when_quiet()
+
+    def _reach_age(self, age: float) -> None:
+        """The connection is ``age`` seconds old: drain it alone, as on a stop, with its own grace."""
+        self._age_timer = None
+        if self._state is not OPEN or self._done():
+            return
+        server = self._server
+        server.aged_out += 1
+        grace = server.max_connection_age_grace
+        if grace is None:
+            grace = server.shutdown_grace
+        log.debug("connection from %s reached its maximum age (%.3g s); draining it, %d calls running, grace %g s%s",
+                  address_text(self._peer), age, len(self._tasks), grace, "" if self._core.notices else " (no notices asked for)")
+        self._drain("max_age")
+        if self._state is DRAINING:
+            self._age_timer = self._loop.call_later(grace, self._end_age_grace)
+
+    def _end_age_grace(self) -> None:
+        """The grace of a connection past its age is over: cancel its calls, and end it FLUSH_LIMIT later."""
+        self.cancel_calls()
+        self._age_timer = self._loop.call_later(FLUSH_LIMIT, self.end)
 
     def cancel_calls(self) -> None:
         """The grace period is over: cancel the running calls (each is answered with the shutting-down error)."""

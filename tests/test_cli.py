@@ -145,6 +145,50 @@ def test_serve_help_explains_debug() -> None:
     assert "--debug" in out.stdout and "traceback" in out.stdout
 
 
+def read_until_closed(sock: socket.socket) -> List[dict]:
+    """Every frame the server sends on ``sock`` until it closes it, as JSON."""
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    bodies = []
+    while data:
+        n = int.from_bytes(data[:4], "big")
+        bodies.append(json.loads(data[4:4 + n]))
+        data = data[4 + n:]
+    return bodies
+
+
+@pytest.mark.parametrize("extra", [[], ["--workers", "2"]])
+def test_serve_max_connection_age_options(tmp_path: Path, extra: List[str]) -> None:
+    """The age retires the connection (with the notice it asked for); the age grace, not the 30 s shutdown
+    grace, cuts off its 30 s call: both options reach the server, and through --workers its workers."""
+    if extra and not hasattr(socket, "SO_REUSEPORT"):
+        pytest.skip("--workers needs SO_REUSEPORT")
+    port = free_port()
+    for _ in serve(["--port", str(port), "--max-connection-age", "0.5", "--max-connection-age-grace", "0.3", *extra],
+                   tmp_path):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(frame(b'{"in": "rpc.notices", "id": 1}') + frame(b'{"in": "sleep", "params": 30, "id": 2}'))
+            replies = read_until_closed(sock)  # a hang is cut off by the socket's timeout
+        assert replies[:2] == [{"out": "rpc.notices", "result": ["drain"], "id": 1},
+                               {"notice": "drain", "reason": "max_age"}]
+        [cancelled] = replies[2:]
+        assert cancelled["id"] == 2 and cancelled["error"]["code"] == -32002
+        assert cancelled["error"]["data"] == {"started": True}
+
+
+def test_serve_max_connection_age_usage() -> None:
+    for option in ("--max-connection-age", "--max-connection-age-grace"):
+        out = serve_fails([option, "0"])
+        assert out.returncode == 2 and "must be a positive number" in out.stderr
+    help_text = subprocess.run([sys.executable, "-m", "fastrpc", "serve", "--help"], capture_output=True, text=True,
+                               timeout=30).stdout
+    assert "--max-connection-age S" in help_text and "--max-connection-age-grace S" in help_text
+
+
 # -- fastrpc call -------------------------------------------------------------------------
 
 def fastrpc_call(*args: str) -> "subprocess.CompletedProcess[str]":
