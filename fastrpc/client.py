@@ -33,7 +33,7 @@ from .errors import CallTimeout, ConnectionClosed, FastRPCError, ShuttingDown
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
 from .net import address_text, connect_failed, set_nodelay
 from .protocol import ABSENT, ClientConnection
-from .retry import check_retries, resendable, retry_delay
+from .retry import NotSent, check_retries, resendable, retry_delay
 
 __all__ = ["Client", "connect", "DEFAULT_MAX_PENDING"]
 
@@ -52,10 +52,6 @@ def _deliver(future: "asyncio.Future[Any]", result: Any, error: Optional[BaseExc
         future.set_result(result)
     else:
         future.set_exception(error)
-
-
-class _Unsent(ConnectionClosed):
-    """The connection was lost or drained before the call went out: it is safe to send elsewhere."""
 
 
 class _ClientProtocol(asyncio.BufferedProtocol):
@@ -143,12 +139,12 @@ class _ClientProtocol(asyncio.BufferedProtocol):
             self.transport.write(data)  # type: ignore[union-attr]
 
     async def call(self, method: str, params: Any, timeout: Optional[float]) -> Any:
-        """Make one call on this connection (see ``Client.call``); _Unsent if it took no new calls."""
+        """Make one call on this connection (see ``Client.call``); NotSent if it took no new calls."""
         core = self.core
         if core.pending + self.waking >= self.max_pending or self.room:
             await self._wait_for_room(method, timeout)
         if not self.open:
-            raise _Unsent("connection is closed")
+            raise NotSent("connection is closed")
         future = self.loop.create_future()
         key = core.request(method, params, future, deadline=timeout)
         self.schedule_flush()
@@ -273,7 +269,7 @@ class Client:
                 if not exc.never_ran:
                     raise
                 refused = exc
-            except _Unsent:
+            except NotSent:
                 pass
         return await self._call_anywhere(method, params, timeout, idempotent, refused)
 
@@ -298,7 +294,7 @@ class Client:
             endpoint.load += 1
             try:
                 return await link.call(method, params, left)
-            except _Unsent:
+            except NotSent:
                 pass
             except ShuttingDown as exc:
                 if not exc.never_ran:

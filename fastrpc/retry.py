@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import FrozenSet, Optional
 
-__all__ = ["check_retries", "resendable", "retry_delay"]
+from .errors import ConnectionClosed
+
+__all__ = ["NotSent", "check_retries", "resendable", "retry_delay"]
+
+
+class NotSent(ConnectionClosed):
+    """The connection was lost or drained before the call went out: it may be sent anywhere, even twice-unsafe ones."""
 
 
 def check_retries(retries: int) -> int:

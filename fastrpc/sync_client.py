@@ -11,21 +11,39 @@ call, no background thread.
 from __future__ import annotations
 
 import functools
+import logging
 import select
 import socket
 import threading
 import time
 from ssl import MemoryBIO, SSLContext, SSLWantReadError, SSLZeroReturnError
-from typing import Any, Iterable, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 from .auth import AUTH_METHOD
-from .errors import CallTimeout, ConnectionClosed, FastRPCError, FrameTooLarge
+from .endpoints import (
+    DEFAULT_RESOLVE_INTERVAL,
+    Address,
+    Endpoint,
+    Endpoints,
+    EndpointSpec,
+    Resolver,
+    check_addresses,
+    is_ip,
+    parse_endpoints,
+    resolve_blocking,
+)
+from .errors import CallTimeout, ConnectionClosed, FastRPCError, FrameTooLarge, ShuttingDown
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
-from .net import connect_failed, set_nodelay
+from .net import address_text, connect_failed, set_nodelay
 from .protocol import ABSENT, ClientConnection
-from .retry import check_retries, resendable, retry_delay
+from .retry import NotSent, check_retries, resendable, retry_delay
 
 __all__ = ["SyncClient"]
+
+log = logging.getLogger("fastrpc.client")
+
+#: Times a call refused unrun by draining servers is sent again, beyond one try per endpoint.
+MAX_REFUSALS = 3
 
 
 class _Batch:
@@ -122,7 +140,7 @@ def _remaining(deadline: Optional[float]) -> Optional[float]:
 
 
 class SyncClient:
-    """A blocking connection to a fastrpc server, safe to share between threads.
+    """A blocking client of one or several fastrpc servers, safe to share between threads.
 
     >>> with SyncClient("127.0.0.1", 8080, timeout=5.0) as client:   # doctest: +SKIP
     ...     client.call("add", [1, 2])
@@ -132,14 +150,16 @@ class SyncClient:
     forever); it covers sending and waiting for the reply. ``ids=False`` is
     the ordered mode for servers that answer without ids, in request order.
     Errors are those of the async client: ``RemoteError`` subclasses for
-    error replies, ``CallTimeout``, ``ConnectionClosed``. ``retries`` and
-    ``idempotent`` work as with ``fastrpc.connect``: a lost connection is
-    replaced, and idempotent calls lost with it are sent again.
+    error replies, ``CallTimeout``, ``ConnectionClosed``. Endpoints
+    (``host`` a list, names resolved to all their addresses, ``resolver``,
+    ``resolve_interval``), balancing, drain notices, ``retries`` and
+    ``idempotent`` work as with ``fastrpc.connect``; a name is resolved again
+    by the calling thread that finds it due, and ``resolver`` is a plain function.
     """
 
     def __init__(
         self,
-        host: str = "127.0.0.1",
+        host: EndpointSpec = "127.0.0.1",
         port: int = 8080,
         *,
         timeout: Optional[float] = None,
@@ -151,21 +171,49 @@ class SyncClient:
         server_hostname: Optional[str] = None,
         retries: int = 0,
         idempotent: Iterable[str] = (),
+        resolver: Optional[Resolver] = None,
+        resolve_interval: Optional[float] = DEFAULT_RESOLVE_INTERVAL,
     ) -> None:
         self.timeout = timeout
         self.retries = check_retries(retries)
         self.idempotent = frozenset(idempotent)
-        self._dial = functools.partial(_Link, host, port, ids=ids, max_frame_size=check_max_frame_size(max_frame_size),
+        targets = parse_endpoints(host, port)
+        if server_hostname is None and ssl is not None and len(targets) == 1 and not is_ip(targets[0][0]):
+            server_hostname = targets[0][0]  # the certificate names the host, not the addresses it resolves to
+        self._dial = functools.partial(_Link, ids=ids, max_frame_size=check_max_frame_size(max_frame_size),
                                        token=token, ssl=ssl, server_hostname=server_hostname)
         self._connect_timeout = connect_timeout
-        self._link = self._dial(connect_timeout)
-        self._redial = threading.Lock()  # one thread replaces a lost connection; the others wait for it
+        if resolver is not None:
+            self._resolve: Callable[[], List[Address]] = lambda: check_addresses(resolver())  # type: ignore[misc]
+        else:
+            self._resolve = functools.partial(_resolve_names, targets)
+        dynamic = resolver is not None or not all(is_ip(name) for name, _ in targets)
+        addresses = self._resolve() if dynamic else targets
+        if not addresses:
+            raise ConnectionClosed("no server to call: the resolver found no addresses")
+        self._endpoints = Endpoints(addresses, dynamic=dynamic, resolve_interval=resolve_interval, now=time.monotonic())
+        # One fixed address: calls go straight to its connection (``_link``) while it takes them.
+        self._single = not dynamic and len(addresses) == 1
+        # As with the async client: a lone connection without retries reports its loss.
+        self._replace_lost = self.retries > 0 or not self._single
+        self._link: Optional[_Link] = None
+        self._old: List[_Link] = []  # drained or dropped connections still owed replies
+        self._lock = threading.Lock()  # guards the endpoints, their loads and links, and _old
+        self._resolving = threading.Lock()  # held by the thread resolving names again
         self._closing = False
+        # Open one connection now, so that a wrong address or token shows here and not at the first call.
+        self._choose(None if connect_timeout is None else time.monotonic() + connect_timeout)
 
     @property
     def closed(self) -> bool:
-        """True once the connection is closed or lost."""
-        return self._link.failure is not None
+        """True once ``close()`` was called, or the connection of a client that does not
+        replace lost ones (one address, no ``retries``) is lost."""
+        if self._closing:
+            return True
+        if self._replace_lost:
+            return False
+        link = self._endpoints.all[0].link
+        return link is None or (link.failure is not None and link.draining is None)
 
     def call(
         self, method: str, params: Any = ABSENT, *, timeout: Optional[float] = ABSENT,
@@ -191,8 +239,8 @@ class SyncClient:
         failed, its exception is raised (the first in list order), unless
         ``return_exceptions`` is true: failed calls then hold their exception
         in the list, as with ``asyncio.gather``. ``timeout`` bounds the whole
-        batch. With ``retries``, the idempotent calls of the batch lost with a
-        connection are sent again, together.
+        batch. Calls refused unrun by a draining server, and with ``retries``
+        the idempotent calls lost with a connection, are sent again, together.
         """
         batch = self._run([(call[0], call[1] if len(call) > 1 else ABSENT) for call in calls], timeout, idempotent)
         errors = batch.errors
@@ -203,9 +251,13 @@ class SyncClient:
         return [result if error is None else error for result, error in zip(batch.results, errors)]
 
     def close(self) -> None:
-        """Close the connection; calls still waiting fail with ConnectionClosed."""
+        """Close every connection; calls still waiting fail with ConnectionClosed."""
         self._closing = True
-        self._link.close()
+        with self._lock:
+            links = [e.link for e in self._endpoints.all if e.link is not None] + self._old
+            self._old = []
+        for link in links:
+            link.close()
 
     def __enter__(self) -> "SyncClient":
         return self
@@ -214,52 +266,162 @@ class SyncClient:
         self.close()
 
     def _run(self, calls: Sequence[Tuple[str, Any]], timeout: Optional[float], idempotent: Optional[bool]) -> _Batch:
-        """Run a batch on the connection; with ``retries``, replace a lost one and resend what may be resent."""
         if timeout is ABSENT:
             timeout = self.timeout
-        if not self.retries:
-            return self._link.run(calls, timeout)
+        link = self._link
+        if link is not None and not self.retries and link.open:  # the one-connection fast path
+            try:
+                batch = link.run(calls, timeout)
+            except NotSent:
+                pass
+            else:
+                if not any(_refused_unrun(error) for error in batch.errors):
+                    return batch
+        return self._run_anywhere(calls, timeout, idempotent)
+
+    def _run_anywhere(self, calls: Sequence[Tuple[str, Any]], timeout: Optional[float],
+                      idempotent: Optional[bool]) -> _Batch:
+        """``_run`` through the balancer: each attempt sends the calls still to make on a chosen
+        connection; refused unrun, not sent, or (with ``retries``) lost and idempotent ones go again."""
         deadline = None if timeout is None else time.monotonic() + timeout
         batch = _Batch(len(calls))
         todo = list(range(len(calls)))  # the calls still to be made or to be made again
-        for attempt in range(self.retries + 1):
-            link = self._link
+        lost = 0
+        for _ in range(len(self._endpoints.all) + self.retries + MAX_REFUSALS):
             try:
-                if link.failure is not None:
-                    link = self._reconnect(link, deadline)
+                endpoint, link = self._choose(deadline)
             except ConnectionClosed as exc:
-                part, redo = _failed(len(todo), exc), todo  # none of them was sent: all may go again
-            else:
-                try:
-                    part = link.run([calls[i] for i in todo], _remaining(deadline))
-                except ConnectionClosed as exc:  # some may have gone out before the connection broke
-                    part = _failed(len(todo), exc)
-                redo = [i for i, error in zip(todo, part.errors) if isinstance(error, ConnectionClosed)
-                        and resendable(calls[i][0], idempotent, self.idempotent)]
+                for i in todo:
+                    if not _refused_unrun(batch.errors[i]):
+                        batch.errors[i] = exc  # nowhere else to send it: a refusal says most, if there was one
+                break
+            with self._lock:
+                endpoint.load += len(todo)
+            try:
+                part = link.run([calls[i] for i in todo], _remaining(deadline))
+            except NotSent:
+                continue
+            except ConnectionClosed as exc:  # some may have gone out before the connection broke
+                part = _failed(len(todo), exc)
+            finally:
+                with self._lock:
+                    endpoint.load -= len(todo)
+            redo, lost_now = [], []
             for i, result, error in zip(todo, part.results, part.errors):
                 batch.results[i], batch.errors[i] = result, error
-            if not redo or attempt == self.retries or self._closing:
+                if _refused_unrun(error):
+                    redo.append(i)
+                elif isinstance(error, ConnectionClosed) and resendable(calls[i][0], idempotent, self.idempotent):
+                    lost_now.append(i)
+            if redo:
+                link.drained("refused")  # the notice may still be on its way
+            if lost_now and lost < self.retries and not self._closing:
+                delay = retry_delay(lost)
+                lost += 1
+                if deadline is None or time.monotonic() + delay < deadline:
+                    time.sleep(delay)
+                    redo += lost_now
+            if not redo:
                 break
-            todo = redo
-            delay = retry_delay(attempt)
-            if deadline is not None and time.monotonic() + delay >= deadline:
-                break
-            time.sleep(delay)
+            todo = sorted(redo)
         batch.left = 0
         return batch
 
-    def _reconnect(self, lost: "_Link", deadline: Optional[float]) -> "_Link":
-        with self._redial:
-            if self._link is lost and not self._closing:
-                timeout = self._connect_timeout
-                if deadline is not None:
-                    timeout = _remaining(deadline) if timeout is None else min(timeout, _remaining(deadline))
-                self._link = self._dial(timeout)
-                lost.close()
-            link = self._link
-        if link.failure is not None:
-            raise ConnectionClosed(link.failure)
-        return link
+    def _choose(self, deadline: Optional[float]) -> Tuple[Endpoint, "_Link"]:
+        """The endpoint for a call and its open connection, opened now if need be: endpoints that
+        cannot be reached are set aside and the next is tried. ConnectionClosed if none can."""
+        endpoints = self._endpoints
+        if endpoints.resolve_due(time.monotonic()) and self._resolving.acquire(blocking=False):
+            try:
+                self._resolve_again()
+            finally:
+                self._resolving.release()
+        failure: Optional[ConnectionClosed] = None
+        tried: Set[Endpoint] = set()
+        while True:
+            if self._closing:
+                raise ConnectionClosed("connection is closed")
+            with self._lock:
+                self._sweep()
+                endpoint = endpoints.pick(time.monotonic())
+                if endpoint is None:
+                    raise ConnectionClosed("no server to call: no addresses were found")
+                if endpoint in tried:
+                    assert failure is not None
+                    raise failure
+                link = endpoint.link
+                if link is not None:
+                    if link.open:
+                        return endpoint, link
+                    if link.draining is None and not self._replace_lost:  # lost, not drained
+                        raise ConnectionClosed(link.failure or "connection is closed")
+                    if link.draining is None:
+                        endpoints.failed(endpoint, time.monotonic())  # it dropped the connection
+                    self._set_link(endpoint, None)
+                    continue
+                tried.add(endpoint)
+            timeout = self._connect_timeout
+            if deadline is not None:
+                timeout = _remaining(deadline) if timeout is None else min(timeout, _remaining(deadline))
+            try:
+                link = self._dial(endpoint.address, timeout)
+            except ConnectionClosed as exc:
+                with self._lock:
+                    endpoints.failed(endpoint, time.monotonic())
+                failure = exc
+                continue
+            with self._lock:
+                if self._closing or endpoint not in endpoints.all:
+                    self._old.append(link)
+                    continue
+                endpoints.succeeded(endpoint)
+                if endpoint.link is not None and endpoint.link.open:
+                    self._old.append(link)  # another thread opened one meanwhile: use it, retire ours
+                else:
+                    self._set_link(endpoint, link)
+                link = endpoint.link
+                return endpoint, link
+
+    def _set_link(self, endpoint: Endpoint, link: "Optional[_Link]") -> None:
+        """Under ``_lock``: ``link`` is ``endpoint``'s connection; the one it replaces closes when idle."""
+        if endpoint.link is not None and endpoint.link is not link:
+            self._old.append(endpoint.link)
+        endpoint.link = link
+        if self._single:
+            self._link = link
+
+    def _sweep(self) -> None:
+        """Under ``_lock``: close the retired connections that owe nothing any more."""
+        if self._old:
+            idle = [link for link in self._old if not link.busy]
+            if idle:
+                self._old = [link for link in self._old if link.busy]
+                for link in idle:
+                    link.close()
+
+    def _resolve_again(self) -> None:
+        """Resolve the names (or ask the resolver) again: new addresses get calls, vanished ones none."""
+        try:
+            addresses = self._resolve()
+        except Exception as exc:  # DNS down, a resolver's bug: keep what we have, try again later
+            log.warning("fastrpc client: resolving the servers' addresses failed (keeping %d): %s",
+                        len(self._endpoints.all), exc)
+            addresses = []
+        with self._lock:
+            for endpoint in self._endpoints.update(addresses, time.monotonic()):
+                self._set_link(endpoint, None)
+
+
+def _refused_unrun(error: Optional[BaseException]) -> bool:
+    return isinstance(error, ShuttingDown) and error.never_ran
+
+
+def _resolve_names(targets: Sequence[Address]) -> List[Address]:
+    try:
+        return resolve_blocking(targets)
+    except OSError as exc:
+        raise ConnectionClosed(f"could not resolve {', '.join(address_text(t) for t in targets)}: "
+                               f"{getattr(exc, 'strerror', None) or exc}") from exc
 
 
 class _Link:
@@ -267,8 +429,7 @@ class _Link:
 
     def __init__(
         self,
-        host: str,
-        port: int,
+        address: Address,
         connect_timeout: Optional[float],
         *,
         ids: bool,
@@ -277,6 +438,7 @@ class _Link:
         ssl: Optional[SSLContext],
         server_hostname: Optional[str],
     ) -> None:
+        host, port = address
         self._core = ClientConnection(_deliver, ids=ids, max_frame_size=max_frame_size)
         try:
             sock = socket.create_connection((host, port), timeout=connect_timeout)
@@ -305,6 +467,29 @@ class _Link:
             if batch.errors[0] is not None:
                 self.close()
                 raise batch.errors[0]
+        self._core.ask_for_notices()
+        self._send((), _Batch(0), None)
+
+    @property
+    def open(self) -> bool:
+        """Takes new calls: neither lost nor drained."""
+        return self.failure is None and self._core.draining is None
+
+    @property
+    def draining(self) -> Optional[str]:
+        """The reason of the server's drain notice (or of a refusal), or None."""
+        return self._core.draining
+
+    @property
+    def busy(self) -> bool:
+        """Calls are pending, or a thread reads."""
+        return bool(self._reading or self._core.pending)
+
+    def drained(self, reason: str) -> None:
+        """No new calls here (a call was refused unrun: the notice may still be on its way)."""
+        with self._state:
+            if self._core.draining is None:
+                self._core.draining = reason
 
     def close(self) -> None:
         self._lost(None)
@@ -335,9 +520,13 @@ class _Link:
     def _send(self, calls: Sequence[Tuple[str, Any]], batch: _Batch, deadline: Optional[float]) -> List[int]:
         core = self._core
         with self._send_lock:
+            if calls and not core.pending:
+                self._catch_up()
             with self._state:
                 if self.failure is not None:
-                    raise ConnectionClosed(self.failure)
+                    raise NotSent(self.failure)
+                if calls and core.draining is not None:
+                    raise NotSent(f"connection is draining ({core.draining})")
                 keys: List[int] = []
                 try:
                     left = _remaining(deadline)
@@ -397,14 +586,30 @@ class _Link:
         try:
             return self._read_until(batch, deadline)
         finally:
-            with state:
-                self._reading = False
-                if self.failure is not None:
-                    self._read_done.notify_all()  # close() may be waiting (it sets failure first)
-                for other in self._waiting:
-                    if other.left:
-                        other.event.set()  # type: ignore[union-attr]  # your turn to read
-                        break
+            self._stop_reading()
+
+    def _stop_reading(self) -> None:
+        with self._state:
+            self._reading = False
+            if self.failure is not None:
+                self._read_done.notify_all()  # close() may be waiting (it sets failure first)
+            for other in self._waiting:
+                if other.left:
+                    other.event.set()  # type: ignore[union-attr]  # your turn to read
+                    break
+
+    def _catch_up(self) -> None:
+        """Before sending on a connection nobody reads (nothing pending), take in what came
+        meanwhile: a drain notice or the server's close, so that the calls go elsewhere rather
+        than be lost unanswered."""
+        with self._state:
+            if self._reading or self.failure is not None or not select.select([self._sock], [], [], 0)[0]:
+                return
+            self._reading = True
+        try:
+            self._read_until(_Batch(1), time.monotonic())  # reads until nothing is left to read
+        finally:
+            self._stop_reading()
 
     def _read_until(self, batch: _Batch, deadline: Optional[float]) -> bool:
         """Read for everyone until ``batch`` is complete (True) or the deadline passes (False)."""
