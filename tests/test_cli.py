@@ -18,6 +18,7 @@ import pytest
 import fastrpc
 
 from .conftest import frame, free_port, serve
+from .test_notices import frames
 
 
 def call(port: int, body: bytes) -> bytes:
@@ -145,22 +146,6 @@ def test_serve_help_explains_debug() -> None:
     assert "--debug" in out.stdout and "traceback" in out.stdout
 
 
-def read_until_closed(sock: socket.socket) -> List[dict]:
-    """Every frame the server sends on ``sock`` until it closes it, as JSON."""
-    data = b""
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    bodies = []
-    while data:
-        n = int.from_bytes(data[:4], "big")
-        bodies.append(json.loads(data[4:4 + n]))
-        data = data[4 + n:]
-    return bodies
-
-
 @pytest.mark.parametrize("extra", [[], ["--workers", "2"]])
 def test_serve_max_connection_age_options(tmp_path: Path, extra: List[str]) -> None:
     """The age retires the connection (with the notice it asked for); the age grace, not the 30 s shutdown
@@ -172,7 +157,8 @@ def test_serve_max_connection_age_options(tmp_path: Path, extra: List[str]) -> N
                    tmp_path):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(frame(b'{"in": "rpc.notices", "id": 1}') + frame(b'{"in": "sleep", "params": 30, "id": 2}'))
-            replies = read_until_closed(sock)  # a hang is cut off by the socket's timeout
+            with sock.makefile("rb") as stream:
+                replies = frames(stream.read())  # until the server closes; a hang is cut off by the socket's timeout
         assert replies[:2] == [{"out": "rpc.notices", "result": ["drain"], "id": 1},
                                {"notice": "drain", "reason": "max_age"}]
         [cancelled] = replies[2:]

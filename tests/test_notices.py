@@ -4,6 +4,7 @@ and connections retired at their maximum age (section 9)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -14,6 +15,7 @@ import pytest
 
 import fastrpc
 from fastrpc.auth import TokenGate
+from fastrpc.framing import FrameReader
 from fastrpc.protocol import ABSENT, ClientConnection, ServerConnection
 from fastrpc.server import FLUSH_LIMIT, HANG_UP_LINGER, MAX_AGE_JITTER
 
@@ -57,15 +59,22 @@ def refused_before_running(reply: Any, rid: Any) -> bool:
     return reply["id"] == rid and reply["error"]["code"] == -32002 and reply["error"]["data"] == {"started": False}
 
 
+async def late_call_refused_running_one_answered(conn: RawConnection, port: int, running_id: str) -> None:
+    """After the notice: a new call is refused as never run, the call running (``nap`` returning its id) is answered."""
+    await conn.send(call("ping", "late", "late"))
+    replies = [await read_json(conn, port, "the refusal and the reply") for _ in range(2)]
+    by_id = {reply["id"]: reply for reply in replies}
+    assert refused_before_running(by_id["late"], "late")
+    assert by_id[running_id] == {"out": "nap", "result": running_id, "id": running_id}
+
+
 # -- the core: opting in (no sockets) ---------------------------------------------------------
 
 def frames(data: bytes) -> List[Any]:
-    out = []
-    while data:
-        n = int.from_bytes(data[:4], "big")
-        out.append(json.loads(data[4:4 + n]))
-        data = data[4 + n:]
-    return out
+    """The frames in ``data``, as JSON."""
+    reader = FrameReader()
+    reader.feed(data)
+    return [json.loads(bytes(body)) for body in iter(reader.next_frame, None)]
 
 
 def core() -> ServerConnection:
@@ -176,14 +185,11 @@ def test_a_stop_notifies_only_the_connection_that_asked(run: Any) -> None:
         async with serving(server) as port:
             asked = await opted_in(port)
             old = await RawConnection.open(port)
-            await running(asked, port, 0.5, "asked")
-            await running(old, port, 0.5, "old")
+            await running(asked, port, 1.0, "asked")
+            await running(old, port, 1.0, "old")
             server.close()
             assert await within("the notice", asked.read_frame(), STEP, port) == NOTICE["shutdown"][4:]
-            await asked.send(call("ping", "late", "late"))
-            replies = {r["id"]: r for r in [await read_json(asked, port, "the refusal and the reply") for _ in range(2)]}
-            assert refused_before_running(replies["late"], "late")
-            assert replies["asked"] == {"out": "nap", "result": "asked", "id": "asked"}
+            await late_call_refused_running_one_answered(asked, port, "asked")
             assert await read_to_eof(asked, port, "the close") == b""
             # Exactly the bytes of a stop without notices: the running call's reply, then the FIN.
             assert await read_to_eof(old, port, "the old connection's close") == frame(
@@ -220,16 +226,13 @@ def test_a_connection_is_retired_at_its_age(run: Any, caplog: pytest.LogCaptureF
             opened = loop.time()
             asked = await opted_in(port)
             old = await RawConnection.open(port)
-            await asked.send(call("nap", [age + 0.4, "asked"], "asked"))  # still running at the age
-            await old.send(call("nap", [age + 0.4, "old"], "old"))
+            await asked.send(call("nap", [age + 1.0, "asked"], "asked"))  # still running at the age
+            await old.send(call("nap", [age + 1.0, "old"], "old"))
             notice = await within("the max_age notice", asked.read_frame(), age + STEP, port)
             after = loop.time() - opened
             assert notice == NOTICE["max_age"][4:]
             assert (1 - MAX_AGE_JITTER) * age - 0.01 <= after <= age + 2.0, after  # generous: a bound, not a measure
-            await asked.send(call("ping", "late", "late"))
-            replies = {r["id"]: r for r in [await read_json(asked, port, "the refusal and the reply") for _ in range(2)]}
-            assert refused_before_running(replies["late"], "late")
-            assert replies["asked"] == {"out": "nap", "result": "asked", "id": "asked"}
+            await late_call_refused_running_one_answered(asked, port, "asked")
             assert await read_to_eof(asked, port, "the close after the reply") == b""
             assert await read_to_eof(old, port, "the old connection's close") == frame(
                 b'{"out": "nap", "result": "old", "id": "old"}')
@@ -271,13 +274,9 @@ def test_a_handler_that_ignores_the_age_grace_does_not_hold_the_connection(run: 
 
         @server.method
         async def stubborn() -> str:
-            for _ in range(200):  # bounded: 20 s at most
-                if released.is_set():
-                    break
-                try:
-                    await asyncio.sleep(0.1)
-                except asyncio.CancelledError:
-                    pass  # ignores the end of the grace
+            while not released.is_set():  # set once the test has its answer, or failed
+                with contextlib.suppress(asyncio.CancelledError):  # deaf to the end of the grace
+                    await released.wait()
             return "done"
 
         async with serving(server) as port:
