@@ -18,8 +18,10 @@ teardown. Call ids are compared as text (the log holds ``str(call_id)``).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
+import itertools
 import os
 import re
 import signal
@@ -29,7 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Counter, Deque, Iterable, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Counter, Deque, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 
@@ -201,3 +203,116 @@ def assert_once(counter: Counter[str], ids: Iterable[object], show: int = 20) ->
     if unexpected:
         problems.append(f"{len(unexpected)} ran but were not sent: {unexpected[:show]}")
     assert not problems, f"of {len(expected)} calls: " + "; ".join(problems)
+
+
+# -- load: callers making work calls while servers come and go ------------------------------------------
+
+#: Seconds each ``work`` call takes: with many callers, calls are in flight whenever a server stops.
+DELAY = 0.02
+
+
+class Callers:
+    """Callers making ``work`` calls, each with an id of its own, until told to stop (or ``limit`` s
+    pass); what each sent, got back and failed with is kept. A caller stops at its first failure
+    unless told to go on (``keep_going``: where some failures are expected)."""
+
+    def __init__(self, limit: float = 45.0, keep_going: bool = False) -> None:
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.keep_going = keep_going
+        self.sent: List[str] = []
+        self.idempotent: set = set()  # ids sent as idempotent calls
+        self.answered: Counter[str] = collections.Counter()  # per server name
+        self.answers: List[Tuple[float, str]] = []  # (monotonic time, server name) of every answer
+        self.failed: List[Tuple[str, BaseException]] = []  # (call id, what it raised or returned)
+        self.deadline = time.monotonic() + limit
+
+    def calling(self) -> bool:
+        return not self.stop.is_set() and time.monotonic() < self.deadline
+
+    def _new_id(self, caller: str, n: int, idempotent: bool) -> str:
+        call_id = f"{caller}-{n}"
+        with self.lock:
+            self.sent.append(call_id)
+            if idempotent:
+                self.idempotent.add(call_id)
+        return call_id
+
+    def _record(self, call_id: str, outcome: Any) -> bool:
+        """Note how call ``call_id`` ended; True if the caller goes on."""
+        ok = isinstance(outcome, dict) and outcome.get("id") == call_id and "server" in outcome
+        with self.lock:
+            if ok:
+                self.answered[outcome["server"]] += 1
+                self.answers.append((time.monotonic(), outcome["server"]))
+            else:
+                self.failed.append((call_id, outcome))
+        return ok or (self.keep_going and isinstance(outcome, BaseException))
+
+    async def run_async(self, open_client: Callable[[], Any], clients: int, per_client: int,
+                        idempotent: bool = False) -> None:
+        """``clients`` async clients (each from ``await open_client()``), ``per_client`` concurrent callers on each."""
+        async def caller(client: Any, name: str) -> None:
+            for n in itertools.count():
+                if not self.calling():
+                    return
+                call_id = self._new_id(name, n, idempotent)
+                try:
+                    outcome = await client.call("work", [call_id, DELAY], idempotent=idempotent)
+                except Exception as exc:  # noqa: BLE001 (every failure is recorded)
+                    outcome = exc
+                if not self._record(call_id, outcome):
+                    return
+
+        opened = [await open_client() for _ in range(clients)]
+        try:
+            await asyncio.gather(*(caller(c, f"async{'i' if idempotent else ''}{i}.{j}")
+                                   for i, c in enumerate(opened) for j in range(per_client)))
+        finally:
+            for client in opened:
+                await asyncio.wait_for(client.close(), 5)
+
+    def async_thread(self, open_client: Callable[[], Any], clients: int, per_client: int,
+                     idempotent: bool = False) -> threading.Thread:
+        """``run_async`` in a thread of its own (with its own event loop), not started."""
+        return threading.Thread(target=lambda: asyncio.run(self.run_async(open_client, clients, per_client, idempotent)),
+                                name="async-callers")
+
+    def run_sync(self, client: Any, name: str, idempotent: bool = False) -> None:
+        """One thread's calls on a SyncClient that other threads share."""
+        for n in itertools.count():
+            if not self.calling():
+                return
+            call_id = self._new_id(name, n, idempotent)
+            try:
+                outcome = client.call("work", [call_id, DELAY], idempotent=idempotent)
+            except Exception as exc:  # noqa: BLE001
+                outcome = exc
+            if not self._record(call_id, outcome):
+                return
+
+    def sync_threads(self, client: Any, name: str, count: int, idempotent: bool = False) -> List[threading.Thread]:
+        """``count`` threads calling through ``client``, not started."""
+        return [threading.Thread(target=self.run_sync, args=(client, f"{name}{'i' if idempotent else ''}.{j}", idempotent),
+                                 name=f"{name}-caller-{j}") for j in range(count)]
+
+    def summary(self) -> str:
+        kinds = collections.Counter(re.sub(r"\d+", "N", repr(what))[:120] for _, what in self.failed)
+        return (f"{len(self.sent)} sent, {sum(self.answered.values())} answered {dict(self.answered)}, "
+                f"{len(self.failed)} failed; failures by kind: {dict(kinds.most_common(8))}; first: {self.failed[:5]}")
+
+
+@contextlib.contextmanager
+def running(threads: Sequence[threading.Thread], callers: Callers) -> Iterator[None]:
+    """Start ``threads``; at the end of the block stop the callers and join them (bounded), failing if
+    one is still running."""
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        callers.stop.set()
+        for thread in threads:
+            thread.join(20)
+    alive = [thread.name for thread in threads if thread.is_alive()]
+    assert not alive, f"callers still running 20 s after being told to stop: {alive}"

@@ -26,12 +26,11 @@ import pytest
 import fastrpc
 
 from .conftest import free_port  # another process may take it before haproxy binds it: start() retries
-from .fleet import ROOT, FleetServer, assert_once, executions, make_fleet  # noqa: F401 (make_fleet: a fixture)
+from .fleet import ROOT, Callers, FleetServer, assert_once, executions, make_fleet, running  # noqa: F401 (make_fleet: a fixture)
 
 CONFIG = ROOT / "deploy" / "haproxy.cfg"
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 BACKEND = "fastrpc"  # the backend's name in deploy/haproxy.cfg; its servers are s1, s2, s3
-DELAY = 0.02  # seconds each work call takes: calls are in flight whenever a server stops
 WAIT = 10.0  # the bound on every wait for HAProxy
 
 
@@ -168,79 +167,6 @@ def test_calls_go_through_haproxy_to_every_server(balanced: Tuple[HAProxy, List[
     assert_once(executions(*servers), [*(f"async-{i}" for i in range(6)), "sync-0"])
 
 
-class Callers:
-    """Callers making non-idempotent ``work`` calls, each with an id of its own, until told to stop;
-    what each caller sent, got back and failed with is kept. A caller stops at its first failure."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.sent: List[str] = []
-        self.answered = 0
-        self.failed: List[Tuple[str, str]] = []  # (call id, what happened)
-        self.deadline = time.monotonic() + 45  # whatever happens, no caller runs past this
-
-    def calling(self) -> bool:
-        return not self.stop.is_set() and time.monotonic() < self.deadline
-
-    def record(self, call_id: str, outcome: Any) -> bool:
-        """Note how call ``call_id`` ended; True if it was answered as it should be."""
-        ok = outcome == {"server": outcome.get("server"), "id": call_id} if isinstance(outcome, dict) else False
-        with self.lock:
-            if ok:
-                self.answered += 1
-            else:  # a remote error's data says whether it ran ({"started": false}: never)
-                data = f" data={outcome.data}" if isinstance(outcome, fastrpc.RemoteError) else ""
-                self.failed.append((call_id, f"{outcome!r}{data}"))
-        return ok
-
-    def new_id(self, caller: str, n: int) -> str:
-        call_id = f"{caller}-{n}"
-        with self.lock:
-            self.sent.append(call_id)
-        return call_id
-
-    async def run_async(self, clients: int, per_client: int) -> None:
-        """``clients`` connections of the async client, ``per_client`` concurrent callers on each."""
-        async def caller(client: Any, name: str) -> None:
-            n = 0
-            while self.calling():
-                call_id = self.new_id(name, n)
-                n += 1
-                try:
-                    outcome = await client.call("work", [call_id, DELAY])
-                except Exception as exc:  # noqa: BLE001 (every failure is recorded)
-                    outcome = exc
-                if not self.record(call_id, outcome):
-                    return
-
-        opened = [await fastrpc.connect("127.0.0.1", self.port, timeout=10) for _ in range(clients)]
-        try:
-            await asyncio.gather(*(caller(c, f"async{i}.{j}") for i, c in enumerate(opened) for j in range(per_client)))
-        finally:
-            for client in opened:
-                await asyncio.wait_for(client.close(), 5)
-
-    def run_sync(self, client: "fastrpc.SyncClient", name: str) -> None:
-        """One thread's calls on a SyncClient that other threads share."""
-        n = 0
-        while self.calling():
-            call_id = self.new_id(name, n)
-            n += 1
-            try:
-                outcome = client.call("work", [call_id, DELAY])
-            except Exception as exc:  # noqa: BLE001
-                outcome = exc
-            if not self.record(call_id, outcome):
-                return
-
-    def summary(self) -> str:
-        kinds = collections.Counter(re.sub(r"\d+", "N", what)[:120] for _, what in self.failed)
-        return (f"{len(self.sent)} sent, {self.answered} answered, {len(self.failed)} failed; failures by kind: "
-                f"{dict(kinds.most_common(8))}; first: {self.failed[:5]}")
-
-
 def test_rolling_restart_behind_haproxy_loses_and_repeats_nothing(
         balanced: Tuple[HAProxy, List[FleetServer]]) -> None:
     """Async and blocking clients, given only HAProxy's address, call ``work`` without a pause while each
@@ -248,34 +174,28 @@ def test_rolling_restart_behind_haproxy_loses_and_repeats_nothing(
     and every call must run exactly once: a server that stops finishes what it started and refuses (never
     runs) what comes after, the clients move to a new connection, HAProxy sends it to a server that is up."""
     proxy, servers = balanced
-    callers = Callers(proxy.port)
-    threads = [threading.Thread(target=lambda: asyncio.run(callers.run_async(clients=3, per_client=8)),
-                                name="async-callers")]
+    callers = Callers()
     sync_clients = [fastrpc.SyncClient("127.0.0.1", proxy.port, timeout=10) for _ in range(2)]
-    threads += [threading.Thread(target=callers.run_sync, args=(client, f"sync{i}.{j}"), name=f"sync-caller-{i}.{j}")
-                for i, client in enumerate(sync_clients) for j in range(4)]
+    threads = [callers.async_thread(lambda: fastrpc.connect("127.0.0.1", proxy.port, timeout=10), clients=3, per_client=8)]
+    for i, client in enumerate(sync_clients):
+        threads += callers.sync_threads(client, f"sync{i}", 4)
     statuses = []
     try:
-        for thread in threads:
-            thread.start()
-        time.sleep(0.5)  # calls flowing through every server
-        for number, server in enumerate(servers, 1):
-            statuses.append(server.restart())
-            proxy.wait_up([number])
-            time.sleep(0.3)  # calls on the restarted server too, before the next stops
+        with running(threads, callers):
+            time.sleep(0.5)  # calls flowing through every server
+            for number, server in enumerate(servers, 1):
+                statuses.append(server.restart())
+                proxy.wait_up([number])
+                time.sleep(0.3)  # calls on the restarted server too, before the next stops
     finally:
-        callers.stop.set()
-        for thread in threads:
-            thread.join(20)
         for client in sync_clients:
             client.close()
-    assert not any(thread.is_alive() for thread in threads), "a caller did not finish within 20 s"
     assert statuses == [0, 0, 0], f"exit statuses {statuses}"
     done = executions(*servers)
     twice = sorted(call_id for call_id, n in done.items() if n > 1)
     assert not callers.failed, f"{callers.summary()}; executions: {sum(done.values())}, ids run twice: {twice[:10]}"
     assert_once(done, callers.sent)
-    assert callers.answered > 300, callers.summary()  # a real load, not a few calls
+    assert sum(callers.answered.values()) > 300, callers.summary()  # a real load, not a few calls
 
 
 # -- Kubernetes manifests (no cluster here: parsed, and their timings checked) -------------------------
