@@ -400,8 +400,9 @@ class Client:
     async def close(self) -> None:
         """Close every connection; pending calls fail with ConnectionClosed."""
         self._closing = True
-        if self._resolving is not None:
-            self._resolving.cancel()
+        for task in [self._resolving] + [e.dialing for e in self._endpoints.all]:
+            if task is not None:
+                task.cancel()
         links = [e.link for e in self._endpoints.all if e.link is not None] + list(self._old)
         for link in links:
             if link.transport is not None:
