@@ -93,8 +93,16 @@ class _ClientProtocol(asyncio.BufferedProtocol):
             self.lost.set_result(None)
         self.make_room()
 
+    @property
+    def draining(self) -> Optional[str]:
+        """The reason of the server's drain notice (or of a refusal), or None."""
+        return self.core.draining
+
     def drained(self, reason: str) -> None:
-        """The server sent its drain notice: no new calls here; those sent are still answered."""
+        """The server sent its drain notice (or refused a call unrun: the notice may still be on its
+        way): no new calls here; those sent are still answered."""
+        if self.core.draining is None:
+            self.core.draining = reason
         self.open = False
         self.make_room()
 
@@ -324,22 +332,13 @@ class Client:
         failure: Optional[ConnectionClosed] = None
         tried: Set[Endpoint] = set()
         while True:
-            endpoint = endpoints.pick(now)
+            endpoint = endpoints.choose(now, tried, self._replace_lost, _ignore)  # a lost link has closed already
             if endpoint is None:
-                raise ConnectionClosed("no server to call: no addresses were found")
-            if endpoint in tried:
                 assert failure is not None
                 raise failure
             link = endpoint.link
-            if link is not None:
-                if link.open:
-                    return endpoint, link
-                if link.core.draining is None:  # lost, not drained
-                    if not self._replace_lost:
-                        raise ConnectionClosed("connection is closed")
-                    endpoints.failed(endpoint, now)  # it dropped the connection: the others take calls first
-                    endpoint.link = None
-                    continue
+            if link is not None and link.open:
+                return endpoint, link
             tried.add(endpoint)
             try:
                 return endpoint, await self._open(endpoint, timeout)
@@ -370,18 +369,26 @@ class Client:
             link.transport.close()  # type: ignore[union-attr]
             raise ConnectionClosed("connection is closed")
         self._endpoints.succeeded(endpoint)
-        self._set_link(endpoint, link)
+        if endpoint in self._endpoints.all:
+            self._set_link(endpoint, link)
+        else:
+            self._retire(link)  # the endpoint was dropped meanwhile: this call only, then close
         return link
 
     def _set_link(self, endpoint: Endpoint, link: Optional[_ClientProtocol]) -> None:
         old = endpoint.link
-        if old is not None and old is not link and not old.lost.done():
-            self._old.add(old)  # drained: it closes (or the server closes it) once its replies are in
-            old.lost.add_done_callback(lambda _: self._old.discard(old))
-            old.close_when_idle()
+        if old is not None and old is not link:
+            self._retire(old)
         endpoint.link = link
         if self._single:
             self._link = link
+
+    def _retire(self, link: _ClientProtocol) -> None:
+        """``link`` takes no new calls: it closes (or its server closes it) once its replies are in."""
+        if not link.lost.done():
+            self._old.add(link)
+            link.lost.add_done_callback(lambda _: self._old.discard(link))
+            link.close_when_idle()
 
     async def _resolve_again(self) -> None:
         """Resolve the names (or ask the resolver) again: new addresses get calls, vanished ones none."""
@@ -421,6 +428,10 @@ class Client:
 def _expire(future: "asyncio.Future[Any]", method: str, timeout: float) -> None:
     if not future.done():
         future.set_exception(CallTimeout(f"call to {method!r} timed out after {timeout} s"))
+
+
+def _ignore(link: Any) -> None:
+    pass
 
 
 def _consume(task: "asyncio.Task[None]") -> None:
@@ -477,11 +488,11 @@ async def _resolve_names(loop: asyncio.AbstractEventLoop, targets: Sequence[Addr
     return list(dict.fromkeys(found))
 
 
-async def _ask(resolver: Resolver) -> List[Address]:
+async def _ask(resolver: Resolver, port: int) -> List[Address]:
     result = resolver()
     if inspect.isawaitable(result):
         result = await result
-    return check_addresses(result)
+    return check_addresses(result, port)
 
 
 class connect:
@@ -544,16 +555,16 @@ class connect:
         dial = functools.partial(_dial, ids=ids, max_frame_size=check_max_frame_size(max_frame_size),
                                  connect_timeout=connect_timeout, ssl=ssl, server_hostname=server_hostname,
                                  token=token, max_pending=max_pending)
-        self._coro = self._open(targets, resolver, resolve_interval, dial,
+        self._coro = self._open(targets, port, resolver, resolve_interval, dial,
                                 dict(timeout=timeout, retries=check_retries(retries), idempotent=idempotent))
         self._client: Optional[Client] = None
 
     @staticmethod
-    async def _open(targets: List[Address], resolver: Optional[Resolver], resolve_interval: Optional[float],
+    async def _open(targets: List[Address], port: int, resolver: Optional[Resolver], resolve_interval: Optional[float],
                     dial: Callable[[Address], Awaitable[_ClientProtocol]], options: Dict[str, Any]) -> Client:
         loop = asyncio.get_running_loop()
         if resolver is not None:
-            resolve: Callable[[], Awaitable[List[Address]]] = functools.partial(_ask, resolver)
+            resolve: Callable[[], Awaitable[List[Address]]] = functools.partial(_ask, resolver, port)
         else:
             resolve = functools.partial(_resolve_names, loop, targets)
         dynamic = resolver is not None or not all(is_ip(host) for host, _ in targets)

@@ -13,7 +13,9 @@ from __future__ import annotations
 import ipaddress
 import random
 import socket
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
+
+from .errors import ConnectionClosed
 
 __all__ = [
     "Address",
@@ -110,11 +112,12 @@ def resolve_blocking(targets: Sequence[Address]) -> List[Address]:
     return list(dict.fromkeys(found))
 
 
-def check_addresses(result: Any) -> List[Address]:
-    """A resolver's result, checked: an iterable of ``"host:port"`` or ``(host, port)``."""
+def check_addresses(result: Any, port: int) -> List[Address]:
+    """A resolver's result, checked: an iterable of ``"host:port"`` or ``(host, port)`` (``port``
+    for entries without one)."""
     if isinstance(result, (str, bytes)):
         raise TypeError(f"a resolver returns a list of addresses, got {result!r}")
-    return list(dict.fromkeys(_split(item, 0) for item in result))
+    return list(dict.fromkeys(_split(item, port) for item in result))
 
 
 class Endpoint:
@@ -158,8 +161,7 @@ class Endpoints:
         """Use ``addresses`` from now on; returns the endpoints dropped (their links are the
         caller's to close). An empty list changes nothing: a resolver that found nothing is
         more likely wrong than the whole service gone."""
-        if self.dynamic and self.resolve_interval:
-            self.resolve_at = now + self.resolve_interval
+        self.resolve_at = now + self.resolve_interval if self.dynamic and self.resolve_interval else float("inf")
         if not addresses:
             return []
         kept = {address: self._by_address.get(address) or Endpoint(address) for address in addresses}
@@ -191,6 +193,27 @@ class Endpoints:
             second += 1
         a, b = ready[first], ready[second]
         return b if b.load < a.load else a
+
+    def choose(self, now: float, tried: Set[Endpoint], replace_lost: bool,
+               retire: Callable[[Any], None]) -> Optional[Endpoint]:
+        """The endpoint for the next call, or None once the one picked was ``tried`` (opening a
+        connection to it failed) in this call. Its ``link`` is open, or it is to be (re)opened:
+        None, or drained. A link found lost is handed to ``retire`` and its endpoint set aside
+        before another pick, unless ``replace_lost`` is false: then ConnectionClosed, as for no
+        endpoint at all. Links have ``open`` and ``draining`` (None unless drained)."""
+        while True:
+            endpoint = self.pick(now)
+            if endpoint is None:
+                raise ConnectionClosed("no server to call: no addresses were found")
+            link = endpoint.link
+            if link is not None and not link.open and link.draining is None:  # lost, not drained
+                if not replace_lost:
+                    raise ConnectionClosed("connection is closed")
+                self.failed(endpoint, now)  # it dropped the connection: the others take calls first
+                endpoint.link = None
+                retire(link)
+                continue
+            return None if endpoint in tried else endpoint
 
     def failed(self, endpoint: Endpoint, now: float) -> None:
         """``endpoint`` refused or dropped a connection: set it aside, longer each time in a row

@@ -184,7 +184,7 @@ class SyncClient:
                                        token=token, ssl=ssl, server_hostname=server_hostname)
         self._connect_timeout = connect_timeout
         if resolver is not None:
-            self._resolve: Callable[[], List[Address]] = lambda: check_addresses(resolver())  # type: ignore[misc]
+            self._resolve: Callable[[], List[Address]] = lambda: check_addresses(resolver(), port)  # type: ignore[misc]
         else:
             self._resolve = functools.partial(_resolve_names, targets)
         dynamic = resolver is not None or not all(is_ip(name) for name, _ in targets)
@@ -275,17 +275,18 @@ class SyncClient:
             except NotSent:
                 pass
             else:
-                if not any(_refused_unrun(error) for error in batch.errors):
+                refused = [i for i, error in enumerate(batch.errors) if _refused_unrun(error)]
+                if not refused:
                     return batch
-        return self._run_anywhere(calls, timeout, idempotent)
+                return self._run_anywhere(calls, timeout, idempotent, batch, refused)
+        return self._run_anywhere(calls, timeout, idempotent, _Batch(len(calls)), list(range(len(calls))))
 
-    def _run_anywhere(self, calls: Sequence[Tuple[str, Any]], timeout: Optional[float],
-                      idempotent: Optional[bool]) -> _Batch:
-        """``_run`` through the balancer: each attempt sends the calls still to make on a chosen
-        connection; refused unrun, not sent, or (with ``retries``) lost and idempotent ones go again."""
+    def _run_anywhere(self, calls: Sequence[Tuple[str, Any]], timeout: Optional[float], idempotent: Optional[bool],
+                      batch: _Batch, todo: List[int]) -> _Batch:
+        """``_run`` through the balancer: each attempt sends the calls still ``todo`` (indices into
+        ``calls``, outcomes into ``batch``) on a chosen connection; refused unrun, not sent, or (with
+        ``retries``) lost and idempotent ones go again."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        batch = _Batch(len(calls))
-        todo = list(range(len(calls)))  # the calls still to be made or to be made again
         lost = 0
         for _ in range(len(self._endpoints.all) + self.retries + MAX_REFUSALS):
             try:
@@ -343,22 +344,13 @@ class SyncClient:
                 raise ConnectionClosed("connection is closed")
             with self._lock:
                 self._sweep()
-                endpoint = endpoints.pick(time.monotonic())
+                endpoint = endpoints.choose(time.monotonic(), tried, self._replace_lost, self._old.append)
                 if endpoint is None:
-                    raise ConnectionClosed("no server to call: no addresses were found")
-                if endpoint in tried:
                     assert failure is not None
                     raise failure
                 link = endpoint.link
-                if link is not None:
-                    if link.open:
-                        return endpoint, link
-                    if link.draining is None and not self._replace_lost:  # lost, not drained
-                        raise ConnectionClosed(link.failure or "connection is closed")
-                    if link.draining is None:
-                        endpoints.failed(endpoint, time.monotonic())  # it dropped the connection
-                    self._set_link(endpoint, None)
-                    continue
+                if link is not None and link.open:
+                    return endpoint, link
                 tried.add(endpoint)
             timeout = self._connect_timeout
             if deadline is not None:

@@ -95,16 +95,17 @@ def test_unreadable_specs_raise_value_error(spec: Any) -> None:
 
 
 def test_resolver_results_are_checked() -> None:
-    assert check_addresses(["a:1", ("b", 2), "a:1", "[::1]:3"]) == [("a", 1), ("b", 2), ("::1", 3)]
-    assert check_addresses(iter([("a", 1)])) == [("a", 1)]
-    assert check_addresses([]) == []
+    assert check_addresses(["a:1", ("b", 2), "a:1", "[::1]:3"], 9) == [("a", 1), ("b", 2), ("::1", 3)]
+    assert check_addresses(iter([("a", 1)]), 9) == [("a", 1)]
+    assert check_addresses(["c", "[::2]"], 9) == [("c", 9), ("::2", 9)]  # no port: the client's
+    assert check_addresses([], 9) == []
     with pytest.raises(TypeError):
-        check_addresses("a:1")  # a string is not a list of addresses
+        check_addresses("a:1", 9)  # a string is not a list of addresses
     with pytest.raises(TypeError):
-        check_addresses(b"a:1")
+        check_addresses(b"a:1", 9)
     for bad in (["a:x"], [("a",)], [None], ["[::1"]):
         with pytest.raises(ValueError):
-            check_addresses(bad)
+            check_addresses(bad, 9)
 
 
 # -- pick: two random choices by load -----------------------------------------------------------
