@@ -107,8 +107,9 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         self.make_room()
 
     def close_when_idle(self, wait: float = 0.5) -> None:
-        """Close once no call is pending (checked every ``wait`` s): the replies owed still arrive."""
-        self.open = False
+        """Take no new calls (calls waiting for room go elsewhere); close once none is pending
+        (checked every ``wait`` s): the replies owed still arrive."""
+        self.drained("retired")
         if self.lost.done():
             return
         if self.core.pending:
@@ -146,11 +147,12 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         if data and not self.transport.is_closing():  # type: ignore[union-attr]
             self.transport.write(data)  # type: ignore[union-attr]
 
-    async def call(self, method: str, params: Any, timeout: Optional[float]) -> Any:
-        """Make one call on this connection (see ``Client.call``); NotSent if it took no new calls."""
+    async def call(self, method: str, params: Any, timeout: Optional[float], stated: Optional[float] = None) -> Any:
+        """Make one call on this connection (see ``Client.call``); NotSent if it took no new calls.
+        ``stated``: the timeout to name in a CallTimeout, when ``timeout`` is what is left of it."""
         core = self.core
         if core.pending + self.waking >= self.max_pending or self.room:
-            await self._wait_for_room(method, timeout)
+            await self._wait_for_room(method, timeout, timeout if stated is None else stated)
         if not self.open:
             raise NotSent("connection is closed")
         future = self.loop.create_future()
@@ -164,7 +166,7 @@ class _ClientProtocol(asyncio.BufferedProtocol):
                 self.schedule_flush()
                 self.make_room()
                 raise
-        timer = self.loop.call_later(timeout, _expire, future, method, timeout)
+        timer = self.loop.call_later(timeout, _expire, future, method, timeout if stated is None else stated)
         try:
             return await future
         except BaseException:
@@ -175,7 +177,7 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         finally:
             timer.cancel()
 
-    async def _wait_for_room(self, method: str, timeout: Optional[float]) -> None:
+    async def _wait_for_room(self, method: str, timeout: Optional[float], stated: Optional[float]) -> None:
         """Wait, in line, until a place among ``max_pending`` is free: the client buffers no more than that."""
         loop = self.loop
         deadline = None if timeout is None else loop.time() + timeout
@@ -189,7 +191,7 @@ class _ClientProtocol(asyncio.BufferedProtocol):
                 else:
                     counted = await asyncio.wait_for(waiter, deadline - loop.time())
             except asyncio.TimeoutError:
-                raise CallTimeout(f"call to {method!r} timed out after {timeout} s waiting to be sent "
+                raise CallTimeout(f"call to {method!r} timed out after {stated} s waiting to be sent "
                                   f"({self.max_pending} calls were pending)") from None
             except asyncio.CancelledError:
                 if waiter.done() and not waiter.cancelled() and waiter.result():
@@ -268,6 +270,7 @@ class Client:
         """
         if timeout is ABSENT:
             timeout = self.timeout
+        deadline = None if timeout is None else self._loop.time() + timeout
         link = self._link
         refused: Optional[ShuttingDown] = None
         if link is not None and link.open and not self.retries:  # the one-connection fast path
@@ -276,32 +279,33 @@ class Client:
             except ShuttingDown as exc:
                 if not exc.never_ran:
                     raise
+                link.drained("refused")  # the notice may still be on its way
                 refused = exc
             except NotSent:
                 pass
-        return await self._call_anywhere(method, params, timeout, idempotent, refused)
+        return await self._call_anywhere(method, params, timeout, deadline, idempotent, refused)
 
-    async def _call_anywhere(self, method: str, params: Any, timeout: Optional[float], idempotent: Optional[bool],
-                             refused: Optional[ShuttingDown]) -> Any:
-        """``call`` through the balancer: a connection is chosen (opened if need be) and the call is sent
-        again where that is safe: refused unrun, not sent, or lost and idempotent with ``retries``."""
+    async def _call_anywhere(self, method: str, params: Any, timeout: Optional[float], deadline: Optional[float],
+                             idempotent: Optional[bool], refused: Optional[ShuttingDown]) -> Any:
+        """``call`` through the balancer, by ``deadline`` (loop time): a connection is chosen (opened if need
+        be) and the call is sent again where that is safe: refused unrun, not sent, or lost and idempotent
+        with ``retries``."""
         loop = self._loop
-        deadline = None if timeout is None else loop.time() + timeout
         resend_lost = self.retries and resendable(method, idempotent, self.idempotent)
         lost = 0
         for _ in range(len(self._endpoints.all) + self.retries + MAX_REFUSALS):
-            left = None if deadline is None else deadline - loop.time()
-            if left is not None and left <= 0:
-                raise CallTimeout(f"call to {method!r} timed out after {timeout} s")
             try:
-                endpoint, link = await self._choose(left)
+                endpoint, link = await self._choose(deadline, method, timeout)
             except ConnectionClosed:
                 if refused is not None:
                     raise refused from None  # nowhere else to send it: the refusal says most
                 raise
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                raise CallTimeout(f"call to {method!r} timed out after {timeout} s")
             endpoint.load += 1
             try:
-                return await link.call(method, params, left)
+                return await link.call(method, params, left, timeout)
             except NotSent:
                 pass
             except ShuttingDown as exc:
@@ -320,15 +324,18 @@ class Client:
             raise refused
         raise ConnectionClosed(f"call to {method!r} found no connection to send it on")
 
-    async def _choose(self, timeout: Optional[float]) -> Tuple[Endpoint, _ClientProtocol]:
-        """The endpoint for a call and its open connection, opened now if need be: endpoints that
-        cannot be reached are set aside and the next is tried. ConnectionClosed if none can."""
+    async def _choose(self, deadline: Optional[float], method: str = "", timeout: Optional[float] = None,
+                      ) -> Tuple[Endpoint, _ClientProtocol]:
+        """The endpoint for a call and its open connection. One that has none gets one opened; the call
+        waits for it (by ``deadline``, loop time) only if no other endpoint has an open connection. One
+        that cannot be reached is set aside and the next is tried. ConnectionClosed if none can be."""
         endpoints = self._endpoints
+        loop = self._loop
         if self._closing:
             raise ConnectionClosed("connection is closed")
-        now = self._loop.time()
+        now = loop.time()
         if endpoints.resolve_due(now) and self._resolving is None:
-            self._resolving = self._loop.create_task(self._resolve_again())
+            self._resolving = loop.create_task(self._resolve_again())
         failure: Optional[ConnectionClosed] = None
         tried: Set[Endpoint] = set()
         while True:
@@ -339,23 +346,29 @@ class Client:
             link = endpoint.link
             if link is not None and link.open:
                 return endpoint, link
+            task = endpoint.dialing
+            if task is None:
+                task = endpoint.dialing = loop.create_task(self._dial_endpoint(endpoint))
+                task.add_done_callback(_consume)
+            other = endpoints.pick_open(endpoint)
+            if other is not None:
+                return other, other.link
             tried.add(endpoint)
+            endpoint.load += 1  # calls waiting for its connection count, so that others go elsewhere
             try:
-                return endpoint, await self._open(endpoint, timeout)
+                return endpoint, await asyncio.wait_for(asyncio.shield(task), None if deadline is None else deadline - now)
+            except asyncio.TimeoutError:
+                raise CallTimeout(f"call to {method!r} timed out after {timeout} s connecting to "
+                                  f"{address_text(endpoint.address)}") from None
+            except asyncio.CancelledError:
+                if task.cancelled() and self._closing:  # close() stopped the dial, not our caller
+                    raise ConnectionClosed("connection is closed") from None
+                raise
             except ConnectionClosed as exc:
                 failure = exc
-            now = self._loop.time()
-
-    async def _open(self, endpoint: Endpoint, timeout: Optional[float]) -> _ClientProtocol:
-        """A new connection to ``endpoint``; concurrent callers share one attempt."""
-        task = endpoint.dialing
-        if task is None:
-            task = endpoint.dialing = self._loop.create_task(self._dial_endpoint(endpoint))
-            task.add_done_callback(_consume)
-        try:
-            return await asyncio.wait_for(asyncio.shield(task), timeout)
-        except asyncio.TimeoutError:
-            raise CallTimeout(f"connecting to {address_text(endpoint.address)} timed out after {timeout} s") from None
+            finally:
+                endpoint.load -= 1
+            now = loop.time()
 
     async def _dial_endpoint(self, endpoint: Endpoint) -> _ClientProtocol:
         try:
@@ -399,6 +412,9 @@ class Client:
             log.warning("fastrpc client: resolving the servers' addresses failed (keeping %d): %s",
                         len(endpoints.all), exc)
             addresses = []
+        else:
+            if not addresses:
+                log.warning("fastrpc client: resolving found no server addresses (keeping %d)", len(endpoints.all))
         finally:
             self._resolving = None
         for endpoint in endpoints.update(addresses, self._loop.time()):
@@ -505,7 +521,7 @@ class connect:
     after a failure, so that new instances get calls and vanished ones none.
     ``resolver`` (a function, or a coroutine function, returning a list of
     ``"host:port"`` or ``(host, port)``) replaces that for any other discovery
-    system. Each call goes to the less loaded (fewest calls outstanding) of two
+    system; a plain function runs on the event loop, so it must not block. Each call goes to the less loaded (fewest calls outstanding) of two
     endpoints drawn at random; one that refuses or drops connections is set
     aside with backoff. One connection per endpoint, opened when first
     chosen; ``connect`` returns once one is open. A server's drain notice moves
@@ -575,7 +591,7 @@ class connect:
         client = Client(endpoints, dial, resolve, loop=loop, **options)
         # Open one connection now, so that a wrong address or token shows here and not at the first call.
         try:
-            endpoint, _ = await client._choose(None)
+            await client._choose(None)
         except BaseException:
             await client.close()
             raise

@@ -68,7 +68,7 @@ def _port(value: Any) -> int:
     try:
         port = int(value)
     except (TypeError, ValueError):
-        raise ValueError(f"a port is a number from 0 to 65535, got {value!r}") from None
+        raise ValueError(f"a port is a number from 1 to 65535, got {value!r}") from None
     if not 0 < port <= 65535:
         raise ValueError(f"a port is a number from 1 to 65535, got {value!r}")
     return port
@@ -184,6 +184,15 @@ class Endpoints:
             if not ready:
                 return None
             return min(ready, key=lambda e: e.retry_at)
+        return self._better_of_two(ready)
+
+    def pick_open(self, avoid: Endpoint) -> Optional[Endpoint]:
+        """As ``pick``, among the endpoints other than ``avoid`` whose link is open (None if none is):
+        a call does not wait for a connection being opened while another is open."""
+        ready = [e for e in self.all if e is not avoid and e.link is not None and e.link.open]
+        return self._better_of_two(ready) if ready else None
+
+    def _better_of_two(self, ready: List[Endpoint]) -> Endpoint:
         count = len(ready)
         if count == 1:
             return ready[0]

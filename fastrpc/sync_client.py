@@ -135,6 +135,10 @@ class _Tls:
 CANCEL_SEND_TIMEOUT = 1.0
 
 
+def _deadline(timeout: Optional[float]) -> Optional[float]:
+    return None if timeout is None else time.monotonic() + timeout
+
+
 def _remaining(deadline: Optional[float]) -> Optional[float]:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
@@ -153,8 +157,9 @@ class SyncClient:
     error replies, ``CallTimeout``, ``ConnectionClosed``. Endpoints
     (``host`` a list, names resolved to all their addresses, ``resolver``,
     ``resolve_interval``), balancing, drain notices, ``retries`` and
-    ``idempotent`` work as with ``fastrpc.connect``; a name is resolved again
-    by the calling thread that finds it due, and ``resolver`` is a plain function.
+    ``idempotent`` work as with ``fastrpc.connect``; ``resolver`` is a plain
+    function, and names are resolved again in a short-lived thread, so that a
+    slow resolution holds no call.
     """
 
     def __init__(
@@ -202,7 +207,7 @@ class SyncClient:
         self._resolving = threading.Lock()  # held by the thread resolving names again
         self._closing = False
         # Open one connection now, so that a wrong address or token shows here and not at the first call.
-        self._choose(None if connect_timeout is None else time.monotonic() + connect_timeout)
+        self._choose(None)
 
     @property
     def closed(self) -> bool:
@@ -268,38 +273,37 @@ class SyncClient:
     def _run(self, calls: Sequence[Tuple[str, Any]], timeout: Optional[float], idempotent: Optional[bool]) -> _Batch:
         if timeout is ABSENT:
             timeout = self.timeout
+        deadline = _deadline(timeout)
         link = self._link
         if link is not None and not self.retries and link.open:  # the one-connection fast path
             try:
-                batch = link.run(calls, timeout)
+                batch = link.run(calls, deadline, timeout)
             except NotSent:
                 pass
             else:
                 refused = [i for i, error in enumerate(batch.errors) if _refused_unrun(error)]
                 if not refused:
                     return batch
-                return self._run_anywhere(calls, timeout, idempotent, batch, refused)
-        return self._run_anywhere(calls, timeout, idempotent, _Batch(len(calls)), list(range(len(calls))))
+                link.drained("refused")  # the notice may still be on its way
+                return self._run_anywhere(calls, timeout, deadline, idempotent, batch, refused)
+        return self._run_anywhere(calls, timeout, deadline, idempotent, _Batch(len(calls)), list(range(len(calls))))
 
-    def _run_anywhere(self, calls: Sequence[Tuple[str, Any]], timeout: Optional[float], idempotent: Optional[bool],
-                      batch: _Batch, todo: List[int]) -> _Batch:
-        """``_run`` through the balancer: each attempt sends the calls still ``todo`` (indices into
-        ``calls``, outcomes into ``batch``) on a chosen connection; refused unrun, not sent, or (with
-        ``retries``) lost and idempotent ones go again."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def _run_anywhere(self, calls: Sequence[Tuple[str, Any]], timeout: Optional[float], deadline: Optional[float],
+                      idempotent: Optional[bool], batch: _Batch, todo: List[int]) -> _Batch:
+        """``_run`` through the balancer, by ``deadline``: each attempt sends the calls still ``todo``
+        (indices into ``calls``, outcomes into ``batch``) on a chosen connection; refused unrun, not
+        sent, or (with ``retries``) lost and idempotent ones go again."""
         lost = 0
         for _ in range(len(self._endpoints.all) + self.retries + MAX_REFUSALS):
             try:
-                endpoint, link = self._choose(deadline)
+                endpoint, link = self._choose(deadline, timeout)
             except ConnectionClosed as exc:
-                for i in todo:
-                    if not _refused_unrun(batch.errors[i]):
-                        batch.errors[i] = exc  # nowhere else to send it: a refusal says most, if there was one
+                self._give_up(batch, todo, exc)
                 break
             with self._lock:
                 endpoint.load += len(todo)
             try:
-                part = link.run([calls[i] for i in todo], _remaining(deadline))
+                part = link.run([calls[i] for i in todo], deadline, timeout)
             except NotSent:
                 continue
             except ConnectionClosed as exc:  # some may have gone out before the connection broke
@@ -325,18 +329,27 @@ class SyncClient:
             if not redo:
                 break
             todo = sorted(redo)
+        else:
+            self._give_up(batch, todo, ConnectionClosed("found no connection to send the call on"))
         batch.left = 0
         return batch
 
-    def _choose(self, deadline: Optional[float]) -> Tuple[Endpoint, "_Link"]:
-        """The endpoint for a call and its open connection, opened now if need be: endpoints that
-        cannot be reached are set aside and the next is tried. ConnectionClosed if none can."""
+    @staticmethod
+    def _give_up(batch: _Batch, todo: List[int], error: ConnectionClosed) -> None:
+        """The calls ``todo`` can go nowhere: each fails with ``error``, or keeps its refusal if it had one
+        (a refusal says more)."""
+        for i in todo:
+            if not _refused_unrun(batch.errors[i]):
+                batch.errors[i] = error
+
+    def _choose(self, deadline: Optional[float], timeout: Optional[float] = None) -> Tuple[Endpoint, "_Link"]:
+        """The endpoint for a call and its open connection, opened now (by ``deadline``) if need be,
+        unless another thread is opening it and another endpoint has one open. Endpoints that cannot
+        be reached are set aside and the next is tried. ConnectionClosed if none can be."""
         endpoints = self._endpoints
         if endpoints.resolve_due(time.monotonic()) and self._resolving.acquire(blocking=False):
-            try:
-                self._resolve_again()
-            finally:
-                self._resolving.release()
+            # Off the calling thread: a slow resolver must not hold calls past their timeouts.
+            threading.Thread(target=self._resolve_again, name="fastrpc-resolve", daemon=True).start()
         failure: Optional[ConnectionClosed] = None
         tried: Set[Endpoint] = set()
         while True:
@@ -351,33 +364,58 @@ class SyncClient:
                 link = endpoint.link
                 if link is not None and link.open:
                     return endpoint, link
+                if endpoint.dialing:
+                    other = endpoints.pick_open(endpoint)
+                    if other is not None:
+                        return other, other.link
                 tried.add(endpoint)
-            timeout = self._connect_timeout
-            if deadline is not None:
-                timeout = _remaining(deadline) if timeout is None else min(timeout, _remaining(deadline))
+                endpoint.dialing = True
             try:
-                link = self._dial(endpoint.address, timeout)
+                link = self._dial_in_time(endpoint, deadline, timeout)
             except ConnectionClosed as exc:
-                with self._lock:
-                    endpoints.failed(endpoint, time.monotonic())
                 failure = exc
                 continue
+            finally:
+                endpoint.dialing = None
             with self._lock:
-                if self._closing or endpoint not in endpoints.all:
-                    self._old.append(link)
-                    continue
-                endpoints.succeeded(endpoint)
-                if endpoint.link is not None and endpoint.link.open:
-                    self._old.append(link)  # another thread opened one meanwhile: use it, retire ours
-                else:
-                    self._set_link(endpoint, link)
-                link = endpoint.link
+                spare = link
+                if not self._closing and endpoint in endpoints.all:
+                    endpoints.succeeded(endpoint)
+                    if endpoint.link is None or not endpoint.link.open:
+                        self._set_link(endpoint, link)
+                        return endpoint, link
+                    link = endpoint.link  # another thread opened one meanwhile: use it, close ours
+            spare.close()
+            if link is not spare:
                 return endpoint, link
+            # The client is closing, or the endpoint was dropped meanwhile: choose again.
+
+    def _dial_in_time(self, endpoint: Endpoint, deadline: Optional[float], timeout: Optional[float]) -> "_Link":
+        """A new connection to ``endpoint`` within ``connect_timeout`` and ``deadline``. An endpoint that
+        cannot be reached is set aside (ConnectionClosed); running out of the call's time is a CallTimeout."""
+        limit = self._connect_timeout
+        if deadline is not None:
+            left = _remaining(deadline)
+            if not left:
+                raise CallTimeout(f"call timed out after {timeout} s before a connection to "
+                                  f"{address_text(endpoint.address)} could be opened")
+            limit = left if limit is None else min(limit, left)
+        try:
+            return self._dial(endpoint.address, limit)
+        except ConnectionClosed:
+            if deadline is not None and not _remaining(deadline):
+                raise CallTimeout(f"call timed out after {timeout} s connecting to {address_text(endpoint.address)}") from None
+            with self._lock:
+                self._endpoints.failed(endpoint, time.monotonic())
+            raise
 
     def _set_link(self, endpoint: Endpoint, link: "Optional[_Link]") -> None:
-        """Under ``_lock``: ``link`` is ``endpoint``'s connection; the one it replaces closes when idle."""
-        if endpoint.link is not None and endpoint.link is not link:
-            self._old.append(endpoint.link)
+        """Under ``_lock``: ``link`` is ``endpoint``'s connection; the one it replaces takes no new
+        calls and closes when idle."""
+        old = endpoint.link
+        if old is not None and old is not link:
+            old.drained("retired")
+            self._old.append(old)
         endpoint.link = link
         if self._single:
             self._link = link
@@ -392,16 +430,24 @@ class SyncClient:
                     link.close()
 
     def _resolve_again(self) -> None:
-        """Resolve the names (or ask the resolver) again: new addresses get calls, vanished ones none."""
+        """Resolve the names (or ask the resolver) again: new addresses get calls, vanished ones none.
+        Runs in a thread of its own, holding ``_resolving``."""
         try:
-            addresses = self._resolve()
-        except Exception as exc:  # DNS down, a resolver's bug: keep what we have, try again later
-            log.warning("fastrpc client: resolving the servers' addresses failed (keeping %d): %s",
-                        len(self._endpoints.all), exc)
-            addresses = []
-        with self._lock:
-            for endpoint in self._endpoints.update(addresses, time.monotonic()):
-                self._set_link(endpoint, None)
+            try:
+                addresses = self._resolve()
+            except Exception as exc:  # DNS down, a resolver's bug: keep what we have, try again later
+                log.warning("fastrpc client: resolving the servers' addresses failed (keeping %d): %s",
+                            len(self._endpoints.all), exc)
+                addresses = []
+            else:
+                if not addresses:
+                    log.warning("fastrpc client: resolving found no server addresses (keeping %d)",
+                                len(self._endpoints.all))
+            with self._lock:
+                for endpoint in self._endpoints.update(addresses, time.monotonic()):
+                    self._set_link(endpoint, None)
+        finally:
+            self._resolving.release()
 
 
 def _refused_unrun(error: Optional[BaseException]) -> bool:
@@ -455,7 +501,7 @@ class _Link:
         self._waiting: Set[_Batch] = set()  # batches whose threads sleep while another reads
         self.failure: Optional[str] = None  # why the connection is unusable (None while it is usable)
         if token is not None:
-            batch = self.run([(AUTH_METHOD, token)], connect_timeout)
+            batch = self.run([(AUTH_METHOD, token)], _deadline(connect_timeout), connect_timeout)
             if batch.errors[0] is not None:
                 self.close()
                 raise batch.errors[0]
@@ -492,9 +538,9 @@ class _Link:
         with self._send_lock:
             self._sock.close()
 
-    def run(self, calls: Sequence[Tuple[str, Any]], timeout: Optional[float]) -> _Batch:
-        """Send ``calls`` and wait for all their outcomes, within ``timeout``."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def run(self, calls: Sequence[Tuple[str, Any]], deadline: Optional[float], timeout: Optional[float]) -> _Batch:
+        """Send ``calls`` and wait for all their outcomes, by ``deadline`` (``time.monotonic()``;
+        ``timeout`` is what a CallTimeout names)."""
         batch = _Batch(len(calls))
         keys = self._send(calls, batch, deadline)
         if not self._wait(batch, deadline):
