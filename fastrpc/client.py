@@ -11,6 +11,7 @@ import asyncio
 import functools
 import inspect
 import logging
+import math
 import socket
 from collections import deque
 from ssl import SSLContext
@@ -224,15 +225,17 @@ class Client:
         self.timeout = timeout
         self.retries = retries
         self.idempotent = frozenset(idempotent)
-        # One fixed address: calls go straight to its connection (``_link``) while it takes them.
-        self._single = not endpoints.dynamic and len(endpoints.all) == 1
         # A lost connection is replaced (and calls not yet sent go on) when there is somewhere to go or
-        # retries are asked for; a lone connection without retries reports its loss, as it always did.
-        self._replace_lost = retries > 0 or not self._single
+        # retries are asked for; one fixed address without retries reports its loss, as it always did.
+        self._replace_lost = retries > 0 or endpoints.dynamic or len(endpoints.all) > 1
+        # While there is one endpoint, calls go straight to its connection while it takes them.
         self._link: Optional[_ClientProtocol] = None
         self._old: Set[_ClientProtocol] = set()  # drained or dropped connections still owed replies
         self._resolving: "Optional[asyncio.Task[None]]" = None
+        self._resolve_timer: Optional[asyncio.Handle] = None
+        self._resolve_planned = math.inf  # when that timer fires
         self._closing = False
+        self._plan_resolution()
 
     @property
     def closed(self) -> bool:
@@ -273,7 +276,7 @@ class Client:
         deadline = None if timeout is None else self._loop.time() + timeout
         link = self._link
         refused: Optional[ShuttingDown] = None
-        if link is not None and link.open and not self.retries:  # the one-connection fast path
+        if link is not None and link.open and not self.retries:  # one endpoint: no choice to make
             try:
                 return await link.call(method, params, timeout)
             except ShuttingDown as exc:
@@ -291,18 +294,24 @@ class Client:
         be) and the call is sent again where that is safe: refused unrun, not sent, or lost and idempotent
         with ``retries``."""
         loop = self._loop
-        resend_lost = self.retries and resendable(method, idempotent, self.idempotent)
+        endpoints = self._endpoints
         lost = 0
-        for _ in range(len(self._endpoints.all) + self.retries + MAX_REFUSALS):
-            try:
-                endpoint, link = await self._choose(deadline, method, timeout)
-            except ConnectionClosed:
-                if refused is not None:
-                    raise refused from None  # nowhere else to send it: the refusal says most
-                raise
-            left = None if deadline is None else deadline - loop.time()
-            if left is not None and left <= 0:
-                raise CallTimeout(f"call to {method!r} timed out after {timeout} s")
+        for _ in range(len(endpoints.all) + self.retries + MAX_REFUSALS):
+            endpoint = endpoints.pick(loop.time())
+            link = None if endpoint is None else endpoint.link
+            if link is None or not link.open:  # a connection to open, or a lost one to retire
+                try:
+                    endpoint, link = await self._choose(deadline, method, timeout)
+                except ConnectionClosed:
+                    if refused is not None:
+                        raise refused from None  # nowhere else to send it: the refusal says most
+                    raise
+            if deadline is None:
+                left = None
+            else:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise CallTimeout(f"call to {method!r} timed out after {timeout} s")
             endpoint.load += 1
             try:
                 return await link.call(method, params, left, timeout)
@@ -314,7 +323,7 @@ class Client:
                 link.drained("refused")  # the notice may still be on its way
                 refused = exc
             except ConnectionClosed:
-                if not resend_lost or lost >= self.retries or self._closing:
+                if lost >= self.retries or self._closing or not resendable(method, idempotent, self.idempotent):
                     raise
                 await asyncio.sleep(retry_delay(lost))
                 lost += 1
@@ -334,12 +343,11 @@ class Client:
         if self._closing:
             raise ConnectionClosed("connection is closed")
         now = loop.time()
-        if endpoints.resolve_due(now) and self._resolving is None:
-            self._resolving = loop.create_task(self._resolve_again())
         failure: Optional[ConnectionClosed] = None
         tried: Set[Endpoint] = set()
         while True:
             endpoint = endpoints.choose(now, tried, self._replace_lost, _ignore)  # a lost link has closed already
+            self._plan_resolution()  # sooner, if a lost link set an endpoint aside
             if endpoint is None:
                 assert failure is not None
                 raise failure
@@ -358,6 +366,8 @@ class Client:
             try:
                 return endpoint, await asyncio.wait_for(asyncio.shield(task), None if deadline is None else deadline - now)
             except asyncio.TimeoutError:
+                if task.done():
+                    raise  # the dial's own (its authentication timed out), not this wait's
                 raise CallTimeout(f"call to {method!r} timed out after {timeout} s connecting to "
                                   f"{address_text(endpoint.address)}") from None
             except asyncio.CancelledError:
@@ -375,6 +385,7 @@ class Client:
             link = await self._dial(endpoint.address)
         except ConnectionClosed:
             self._endpoints.failed(endpoint, self._loop.time())
+            self._plan_resolution()
             raise
         finally:
             endpoint.dialing = None
@@ -393,8 +404,8 @@ class Client:
         if old is not None and old is not link:
             self._retire(old)
         endpoint.link = link
-        if self._single:
-            self._link = link
+        only = self._endpoints.only
+        self._link = None if only is None else only.link
 
     def _retire(self, link: _ClientProtocol) -> None:
         """``link`` takes no new calls: it closes (or its server closes it) once its replies are in."""
@@ -402,6 +413,23 @@ class Client:
             self._old.add(link)
             link.lost.add_done_callback(lambda _: self._old.discard(link))
             link.close_when_idle()
+
+    def _plan_resolution(self) -> None:
+        """Have the names resolved again at ``resolve_at`` (sooner after a failure): by a timer, so that
+        calls do not look at the clock for it."""
+        at = self._endpoints.resolve_at
+        timer = self._resolve_timer
+        if at == math.inf or self._closing or (timer is not None and self._resolve_planned <= at):
+            return
+        if timer is not None:
+            timer.cancel()
+        self._resolve_timer = self._loop.call_at(at, self._start_resolving)
+        self._resolve_planned = at
+
+    def _start_resolving(self) -> None:
+        self._resolve_timer = None
+        if self._resolving is None and not self._closing:
+            self._resolving = self._loop.create_task(self._resolve_again())
 
     async def _resolve_again(self) -> None:
         """Resolve the names (or ask the resolver) again: new addresses get calls, vanished ones none."""
@@ -419,10 +447,15 @@ class Client:
             self._resolving = None
         for endpoint in endpoints.update(addresses, self._loop.time()):
             self._set_link(endpoint, None)
+        only = endpoints.only
+        self._link = None if only is None else only.link
+        self._plan_resolution()
 
     async def close(self) -> None:
         """Close every connection; pending calls fail with ConnectionClosed."""
         self._closing = True
+        if self._resolve_timer is not None:
+            self._resolve_timer.cancel()
         for task in [self._resolving] + [e.dialing for e in self._endpoints.all]:
             if task is not None:
                 task.cancel()
@@ -481,8 +514,10 @@ async def _dial(
     if token is not None:
         try:
             await protocol.call(AUTH_METHOD, token, connect_timeout)
-        except BaseException:
+        except BaseException as exc:
             protocol.transport.close()  # type: ignore[union-attr]
+            if isinstance(exc, CallTimeout):  # a server that takes connections and never answers: unreachable
+                raise connect_failed(host, port, exc, connect_timeout) from exc
             raise
     core.ask_for_notices()
     protocol.schedule_flush()

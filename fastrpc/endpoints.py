@@ -150,6 +150,9 @@ class Endpoints:
             raise ValueError(f"resolve_interval must be a positive number of seconds or None, got {resolve_interval!r}")
         self._by_address: Dict[Address, Endpoint] = {}
         self.all: List[Endpoint] = []
+        #: The endpoint when there is exactly one (the clients then call it directly), else None.
+        self.only: Optional[Endpoint] = None
+        self._back_at = 0.0  # no endpoint is set aside from then on: pick need not look
         self._rand = rand
         #: Whether there is anything to resolve again (names or a resolver, not only IP addresses).
         self.dynamic = dynamic
@@ -168,6 +171,8 @@ class Endpoints:
         dropped = [endpoint for address, endpoint in self._by_address.items() if address not in kept]
         self._by_address = kept
         self.all = list(kept.values())
+        self.only = self.all[0] if len(self.all) == 1 else None
+        self._back_at = max([self._back_at] + [e.retry_at for e in self.all])
         return dropped
 
     def resolve_due(self, now: float) -> bool:
@@ -178,7 +183,10 @@ class Endpoints:
         the one with the lower load (ties go to the first drawn, itself random). When every
         endpoint is set aside, the one due back soonest. ``avoid`` is passed over if there
         is any other. None only when there are no endpoints."""
-        ready = [e for e in self.all if e.retry_at <= now and e is not avoid]
+        if now >= self._back_at and avoid is None:
+            ready = self.all  # the common case: nothing set aside, nothing to filter
+        else:
+            ready = [e for e in self.all if e.retry_at <= now and e is not avoid]
         if not ready:
             ready = [e for e in self.all if e is not avoid] or self.all
             if not ready:
@@ -229,9 +237,14 @@ class Endpoints:
         (with jitter, so that clients do not come back together), and resolve names soon."""
         endpoint.failures += 1
         wait = min(BACKOFF_FIRST * 2 ** (endpoint.failures - 1), BACKOFF_MAX)
-        endpoint.retry_at = now + wait * (0.5 + self._rand() / 2)
+        self.set_aside(endpoint, now + wait * (0.5 + self._rand() / 2))
         if self.dynamic:
             self.resolve_at = min(self.resolve_at, now + RESOLVE_AFTER_FAILURE)
+
+    def set_aside(self, endpoint: Endpoint, until: float) -> None:
+        """Pick ``endpoint`` again only from ``until`` on (unless every endpoint is set aside)."""
+        endpoint.retry_at = until
+        self._back_at = max(self._back_at, until)
 
     @staticmethod
     def succeeded(endpoint: Endpoint) -> None:

@@ -651,7 +651,9 @@ class _Connection(asyncio.BufferedProtocol):
         for call, task in self._tasks.items():
             if call.id == rid and type(call.id) is type(rid):
                 self._stopped[call] = _NO_REPLY
-                task.cancel()
+                # Not at once: a cancel read with its call would stop the task before it starts, and
+                # _run, which answers and forgets the call, would never run. Its first step is queued.
+                self._loop.call_soon(task.cancel)
                 return
 
     async def _run(self, call: Call) -> None:

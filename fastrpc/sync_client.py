@@ -135,8 +135,13 @@ class _Tls:
 CANCEL_SEND_TIMEOUT = 1.0
 
 
-def _deadline(timeout: Optional[float]) -> Optional[float]:
-    return None if timeout is None else time.monotonic() + timeout
+def _readable(sock: socket.socket) -> Callable[[], Any]:
+    """A check, as cheap as can be had, that ``sock`` has something to read (or has been closed) now."""
+    if hasattr(select, "poll"):  # not on Windows
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return functools.partial(poller.poll, 0)
+    return lambda: select.select([sock], [], [], 0)[0]
 
 
 def _remaining(deadline: Optional[float]) -> Optional[float]:
@@ -197,10 +202,9 @@ class SyncClient:
         if not addresses:
             raise ConnectionClosed("no server to call: the resolver found no addresses")
         self._endpoints = Endpoints(addresses, dynamic=dynamic, resolve_interval=resolve_interval, now=time.monotonic())
-        # One fixed address: calls go straight to its connection (``_link``) while it takes them.
-        self._single = not dynamic and len(addresses) == 1
-        # As with the async client: a lone connection without retries reports its loss.
-        self._replace_lost = self.retries > 0 or not self._single
+        # As with the async client: one fixed address without retries reports its loss.
+        self._replace_lost = self.retries > 0 or dynamic or len(addresses) > 1
+        # While there is one endpoint, calls go straight to its connection while it takes them.
         self._link: Optional[_Link] = None
         self._old: List[_Link] = []  # drained or dropped connections still owed replies
         self._lock = threading.Lock()  # guards the endpoints, their loads and links, and _old
@@ -273,14 +277,20 @@ class SyncClient:
     def _run(self, calls: Sequence[Tuple[str, Any]], timeout: Optional[float], idempotent: Optional[bool]) -> _Batch:
         if timeout is ABSENT:
             timeout = self.timeout
-        deadline = _deadline(timeout)
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
+        if now >= self._endpoints.resolve_at and self._resolving.acquire(blocking=False):
+            # Off the calling thread: a slow resolver must not hold calls past their timeouts.
+            threading.Thread(target=self._resolve_again, name="fastrpc-resolve", daemon=True).start()
         link = self._link
-        if link is not None and not self.retries and link.open:  # the one-connection fast path
+        if link is not None and not self.retries and link.open:  # one endpoint: no choice to make
             try:
                 batch = link.run(calls, deadline, timeout)
             except NotSent:
                 pass
             else:
+                if batch.errors.count(None) == len(calls):
+                    return batch
                 refused = [i for i, error in enumerate(batch.errors) if _refused_unrun(error)]
                 if not refused:
                     return batch
@@ -347,9 +357,6 @@ class SyncClient:
         unless another thread is opening it and another endpoint has one open. Endpoints that cannot
         be reached are set aside and the next is tried. ConnectionClosed if none can be."""
         endpoints = self._endpoints
-        if endpoints.resolve_due(time.monotonic()) and self._resolving.acquire(blocking=False):
-            # Off the calling thread: a slow resolver must not hold calls past their timeouts.
-            threading.Thread(target=self._resolve_again, name="fastrpc-resolve", daemon=True).start()
         failure: Optional[ConnectionClosed] = None
         tried: Set[Endpoint] = set()
         while True:
@@ -403,10 +410,11 @@ class SyncClient:
         try:
             return self._dial(endpoint.address, limit)
         except ConnectionClosed:
-            if deadline is not None and not _remaining(deadline):
-                raise CallTimeout(f"call timed out after {timeout} s connecting to {address_text(endpoint.address)}") from None
+            # Set aside even when it is the call's time that ran out: the next calls try the others first.
             with self._lock:
                 self._endpoints.failed(endpoint, time.monotonic())
+            if deadline is not None and not _remaining(deadline):
+                raise CallTimeout(f"call timed out after {timeout} s connecting to {address_text(endpoint.address)}") from None
             raise
 
     def _set_link(self, endpoint: Endpoint, link: "Optional[_Link]") -> None:
@@ -417,8 +425,8 @@ class SyncClient:
             old.drained("retired")
             self._old.append(old)
         endpoint.link = link
-        if self._single:
-            self._link = link
+        only = self._endpoints.only
+        self._link = None if only is None else only.link
 
     def _sweep(self) -> None:
         """Under ``_lock``: close the retired connections that owe nothing any more."""
@@ -446,6 +454,8 @@ class SyncClient:
             with self._lock:
                 for endpoint in self._endpoints.update(addresses, time.monotonic()):
                     self._set_link(endpoint, None)
+                only = self._endpoints.only
+                self._link = None if only is None else only.link
         finally:
             self._resolving.release()
 
@@ -500,18 +510,21 @@ class _Link:
         self._read_done = threading.Condition(self._state)  # notified when that thread stops reading
         self._waiting: Set[_Batch] = set()  # batches whose threads sleep while another reads
         self.failure: Optional[str] = None  # why the connection is unusable (None while it is usable)
+        self.open = True  # takes new calls: neither lost nor drained
+        self._has_news = _readable(sock)
+        self._core.on_drain = self.drained
         if token is not None:
-            batch = self.run([(AUTH_METHOD, token)], _deadline(connect_timeout), connect_timeout)
+            deadline = None if connect_timeout is None else time.monotonic() + connect_timeout
+            try:
+                batch = self.run([(AUTH_METHOD, token)], deadline, connect_timeout)
+            except CallTimeout as exc:  # a server that takes connections and never answers: unreachable
+                self.close()
+                raise connect_failed(host, port, exc, connect_timeout) from exc
             if batch.errors[0] is not None:
                 self.close()
                 raise batch.errors[0]
         self._core.ask_for_notices()
         self._send((), _Batch(0), None)
-
-    @property
-    def open(self) -> bool:
-        """Takes new calls: neither lost nor drained."""
-        return self.failure is None and self._core.draining is None
 
     @property
     def draining(self) -> Optional[str]:
@@ -524,10 +537,11 @@ class _Link:
         return bool(self._reading or self._core.pending)
 
     def drained(self, reason: str) -> None:
-        """No new calls here (a call was refused unrun: the notice may still be on its way)."""
-        with self._state:
-            if self._core.draining is None:
-                self._core.draining = reason
+        """No new calls here: the server's drain notice came (called by the core, under ``_state``), a
+        call was refused unrun (the notice may still be on its way), or the client retires it."""
+        if self._core.draining is None:
+            self._core.draining = reason
+        self.open = False
 
     def close(self) -> None:
         self._lost(None)
@@ -558,7 +572,7 @@ class _Link:
     def _send(self, calls: Sequence[Tuple[str, Any]], batch: _Batch, deadline: Optional[float]) -> List[int]:
         core = self._core
         with self._send_lock:
-            if calls and not core.pending:
+            if calls and not core.pending and self._has_news():
                 self._catch_up()
             with self._state:
                 if self.failure is not None:
@@ -637,11 +651,11 @@ class _Link:
                     break
 
     def _catch_up(self) -> None:
-        """Before sending on a connection nobody reads (nothing pending), take in what came
-        meanwhile: a drain notice or the server's close, so that the calls go elsewhere rather
-        than be lost unanswered."""
+        """Before sending on a connection nobody reads (nothing pending) where something came
+        meanwhile, take it in: a drain notice or the server's close, so that the calls go elsewhere
+        rather than be lost unanswered."""
         with self._state:
-            if self._reading or self.failure is not None or not select.select([self._sock], [], [], 0)[0]:
+            if self._reading or self.failure is not None:
                 return
             self._reading = True
         try:
@@ -689,6 +703,7 @@ class _Link:
             if self.failure is not None:
                 return
             self.failure = "connection closed" + (f": {cause}" if cause else "")
+            self.open = False
             try:
                 self._sock.shutdown(socket.SHUT_RDWR)
             except OSError:

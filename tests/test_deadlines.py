@@ -108,3 +108,29 @@ def test_a_server_timeout_is_a_call_timeout() -> None:
     # Client and server race to notice a timeout; either way `except CallTimeout` catches it.
     assert issubclass(fastrpc.DeadlineExceeded, fastrpc.CallTimeout)
     assert issubclass(fastrpc.DeadlineExceeded, fastrpc.RemoteError)
+
+
+def test_a_cancel_read_with_its_call_is_forgotten(run: Any) -> None:
+    """A call and its cancel frame in one read: the call is stopped without a reply, and the server
+    forgets it (it once stayed in the connection's table, unstarted, and held a stop for the whole grace)."""
+    async def main() -> None:
+        server, seen = watched_server()
+        server.shutdown_grace = 10
+        async with serving(server) as port:
+            raw = await RawConnection.open(port)
+            await raw.send(frame(b'{"in": "work", "params": [5], "id": 1}') + frame(b'{"cancel": 1}')
+                           + frame(b'{"in": "ping", "params": "after", "id": 2}'))
+            assert orjson.loads(await raw.read_frame()) == {"out": "pong", "result": "after", "id": 2}  # none for 1
+            [connection] = server._connections
+            for _ in range(100):  # bounded: 1 s
+                if not connection._tasks:
+                    break
+                await asyncio.sleep(0.01)
+            assert not connection._tasks and seen["finished"] == 0
+            started = time.monotonic()
+            server.close()
+            await asyncio.wait_for(server.wait_closed(), 5)
+            assert time.monotonic() - started < 5  # not the 10 s grace
+            await raw.close()
+
+    run(main())

@@ -176,7 +176,7 @@ def test_no_endpoints_picks_none() -> None:
 def test_endpoints_set_aside_are_skipped_while_another_is_ready() -> None:
     endpoints = fixed([A, B, C], rand=random.Random(5).random)
     a, b, c = endpoints.all
-    a.retry_at = 10.0
+    endpoints.set_aside(a, 10.0)
     a.load = -5  # would win every draw it is in, were it ready
     counts = Counter(endpoints.pick(5.0).address for _ in range(300))  # type: ignore[union-attr]
     assert counts[A] == 0 and counts[B] > 0 and counts[C] > 0
@@ -187,7 +187,8 @@ def test_endpoints_set_aside_are_skipped_while_another_is_ready() -> None:
 def test_when_every_endpoint_is_set_aside_the_one_due_soonest() -> None:
     endpoints = fixed([A, B, C], rand=draws())  # no draw: it is not a random choice
     a, b, c = endpoints.all
-    a.retry_at, b.retry_at, c.retry_at = 9.0, 7.0, 8.0
+    for endpoint, until in ((a, 9.0), (b, 7.0), (c, 8.0)):
+        endpoints.set_aside(endpoint, until)
     assert endpoints.pick(1.0) is b
 
 
@@ -195,7 +196,7 @@ def test_avoid_is_passed_over_if_there_is_another() -> None:
     endpoints = fixed([A, B], rand=random.Random(3).random)
     a, b = endpoints.all
     assert {endpoints.pick(0.0, avoid=a).address for _ in range(50)} == {B}  # type: ignore[union-attr]
-    b.retry_at = 5.0
+    endpoints.set_aside(b, 5.0)
     assert endpoints.pick(0.0, avoid=a) is b  # set aside, but the only other one
     single = fixed([A])
     assert single.pick(0.0, avoid=single.all[0]) is single.all[0]  # nothing else
