@@ -52,12 +52,9 @@ import asyncio
 import datetime
 import json
 import os
-import platform
 import re
 import resource
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -68,11 +65,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence
 
+from compare import SERVER_CPU, Running, ServerSpec, pinned
+from compare import machine as compare_machine
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 HOST = "127.0.0.1"
 PY = sys.executable
-CLIENT_CPU, SERVER_CPU = 0, 1
+CLIENT_CPU = 1  # bench/compare.py pins the servers to CPU 0 (its SERVER_CPU)
 START_TIMEOUT = 20.0  # seconds a server gets to listen
 PRE_CHANGE = "51d096d"  # the commit before the issue-14 client work
 BATCH = 64
@@ -224,55 +224,9 @@ def _open_links(client: Any) -> Optional[int]:
 
 # -- servers and runs ------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def pinned(cpu: int) -> Optional[Callable[[], None]]:
-    """A preexec_fn pinning the child to ``cpu``, where this machine has it."""
-    if not hasattr(os, "sched_setaffinity") or cpu not in os.sched_getaffinity(0):
-        return None
-    return lambda: os.sched_setaffinity(0, {cpu})
-
-
-class Server:
-    """``python -m fastrpc serve`` on a free port, pinned to SERVER_CPU."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.log = tempfile.TemporaryFile("w+")
-        env = {k: v for k, v in os.environ.items() if k != "FASTRPC_NO_EXTENSIONS"}
-        self.process = subprocess.Popen(
-            [PY, "-m", "fastrpc", "serve", "--host", HOST, "--port", str(self.port), "--loop", "uvloop",
-             "--log-level", "WARNING"],
-            cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log,
-            preexec_fn=pinned(SERVER_CPU),
-        )
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if self.process.poll() is not None:
-                self.log.seek(0)
-                raise RuntimeError(f"a server exited at start: {self.log.read().strip()[-500:]}")
-            try:
-                socket.create_connection((HOST, self.port), timeout=1).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"a server was not listening after {START_TIMEOUT:g} s") from None
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
+#: The servers the clients call: each started by bench/compare.py's ``Running``, pinned to its SERVER_CPU.
+SERVER = ServerSpec("fastrpc", [PY, "-m", "fastrpc", "serve", "--host", HOST, "--port", "{port}", "--loop", "uvloop",
+                                "--log-level", "WARNING"])
 
 
 def pre_change_tree(into: Path) -> Path:
@@ -301,7 +255,7 @@ def pre_change_tree(into: Path) -> Path:
 
 @dataclass
 class Runner:
-    servers: List[Server]
+    servers: List[Running]
     old_tree: Optional[Path]
     batch: int
     log: Callable[[str], None]
@@ -402,24 +356,10 @@ def checkout() -> str:
 
 
 def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = []
-    for package in ("uvloop", "orjson"):
-        try:
-            from importlib.metadata import version
-
-            versions.append(f"{package} {version(package)}")
-        except Exception:
-            versions.append(f"{package} not installed")
-    return (f"{model}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, {', '.join(versions)}")
+    """bench/compare.py's description of this machine, as one line."""
+    info = compare_machine()
+    return (f"{info['cpu']}, {info['cpus']} CPUs, {info['system']}, Python {info['python']}, "
+            f"uvloop {info['uvloop']}, orjson {info['orjson']}")
 
 
 def render(results: Dict[str, Dict[str, Figures]], kinds: List[str], setups: List[Setup], command: str,
@@ -532,7 +472,7 @@ def bench_main(argv: Optional[Sequence[str]]) -> int:
 
     chosen = [s for s in SETUPS if s.name in names]
     results: Dict[str, Dict[str, Figures]] = {kind: {s.name: Figures() for s in chosen} for kind in kinds}
-    servers: List[Server] = []
+    servers: List[Running] = []
     with tempfile.TemporaryDirectory(prefix="fastrpc-balancing-") as tmp:
         old_tree: Optional[Path] = None
         if "pre-change" in names:
@@ -543,7 +483,7 @@ def bench_main(argv: Optional[Sequence[str]]) -> int:
                     results[kind]["pre-change"].failure = f"not measured: {exc}"
                 log(f"pre-change: not measured: {exc}")
         try:
-            servers = [Server() for _ in range(max(s.servers for s in chosen))]
+            servers = [Running(SERVER) for _ in range(max(s.servers for s in chosen))]
             runner = Runner(servers, old_tree, BATCH, log)
             setups = [s for s in chosen if not (s.old and old_tree is None)]
             for number in range(rounds):
