@@ -175,23 +175,18 @@ class Endpoints:
         self._back_at = max([self._back_at] + [e.retry_at for e in self.all])
         return dropped
 
-    def resolve_due(self, now: float) -> bool:
-        return now >= self.resolve_at
-
-    def pick(self, now: float, avoid: Optional[Endpoint] = None) -> Optional[Endpoint]:
+    def pick(self, now: float) -> Optional[Endpoint]:
         """The endpoint for the next call: of two drawn at random among those not set aside,
         the one with the lower load (ties go to the first drawn, itself random). When every
-        endpoint is set aside, the one due back soonest. ``avoid`` is passed over if there
-        is any other. None only when there are no endpoints."""
-        if now >= self._back_at and avoid is None:
+        endpoint is set aside, the one due back soonest. None only when there are no endpoints."""
+        if now >= self._back_at:
             ready = self.all  # the common case: nothing set aside, nothing to filter
         else:
-            ready = [e for e in self.all if e.retry_at <= now and e is not avoid]
+            ready = [e for e in self.all if e.retry_at <= now]
         if not ready:
-            ready = [e for e in self.all if e is not avoid] or self.all
-            if not ready:
+            if not self.all:
                 return None
-            return min(ready, key=lambda e: e.retry_at)
+            return min(self.all, key=lambda e: e.retry_at)
         return self._better_of_two(ready)
 
     def pick_open(self, avoid: Endpoint) -> Optional[Endpoint]:

@@ -1168,7 +1168,7 @@ def test_sync_a_slow_resolver_holds_no_call(aged: bool) -> None:
 
             try:
                 client = await side.connect("ignored", 1, resolver=resolver, resolve_interval=0.1)
-                await until("a resolution due", lambda: client.endpoints.resolve_due(time.monotonic()))
+                await until("a resolution due", lambda: time.monotonic() >= client.endpoints.resolve_at)
                 if aged:
                     await until("the connection aged out", lambda: server.server.aged_out >= 1)
                 loop = asyncio.get_running_loop()

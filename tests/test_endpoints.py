@@ -192,18 +192,6 @@ def test_when_every_endpoint_is_set_aside_the_one_due_soonest() -> None:
     assert endpoints.pick(1.0) is b
 
 
-def test_avoid_is_passed_over_if_there_is_another() -> None:
-    endpoints = fixed([A, B], rand=random.Random(3).random)
-    a, b = endpoints.all
-    assert {endpoints.pick(0.0, avoid=a).address for _ in range(50)} == {B}  # type: ignore[union-attr]
-    endpoints.set_aside(b, 5.0)
-    assert endpoints.pick(0.0, avoid=a) is b  # set aside, but the only other one
-    single = fixed([A])
-    assert single.pick(0.0, avoid=single.all[0]) is single.all[0]  # nothing else
-
-
-# -- failed / succeeded: backoff ------------------------------------------------------------------
-
 def test_backoff_doubles_from_the_first_wait_and_stops_at_the_longest() -> None:
     endpoints = fixed([A, B], rand=lambda: 1.0)  # the top of the jitter: the full wait
     a = endpoints.all[0]
@@ -301,14 +289,14 @@ def test_an_endpoint_dropped_and_back_starts_fresh() -> None:
     assert endpoints.all[0] is not a and endpoints.all[0].load == 0
 
 
-# -- resolve_due / resolve_at -------------------------------------------------------------------
+# -- resolve_at -------------------------------------------------------------------
 
 def test_names_are_due_every_interval_from_the_last_resolution() -> None:
     endpoints = dynamic(interval=30.0, now=100.0)
     assert endpoints.resolve_at == 130.0
-    assert not endpoints.resolve_due(129.9) and endpoints.resolve_due(130.0)
+    assert 129.9 < endpoints.resolve_at and 130.0 >= endpoints.resolve_at
     endpoints.update([A], 131.0)
-    assert endpoints.resolve_at == 161.0 and not endpoints.resolve_due(160.0)
+    assert endpoints.resolve_at == 161.0 and 160.0 < endpoints.resolve_at
     endpoints.update([], 165.0)  # found nothing (or failed): tried again an interval later
     assert endpoints.resolve_at == 195.0
 
@@ -317,7 +305,7 @@ def test_a_failure_asks_for_a_resolution_soon() -> None:
     endpoints = dynamic(interval=30.0, now=0.0)
     endpoints.failed(endpoints.all[0], 10.0)
     assert endpoints.resolve_at == 10.0 + RESOLVE_AFTER_FAILURE
-    assert not endpoints.resolve_due(10.0) and endpoints.resolve_due(10.0 + RESOLVE_AFTER_FAILURE)
+    assert 10.0 < endpoints.resolve_at and 10.0 + RESOLVE_AFTER_FAILURE >= endpoints.resolve_at
     endpoints.failed(endpoints.all[1], 10.5)  # not pushed back by a later failure
     assert endpoints.resolve_at == 10.0 + RESOLVE_AFTER_FAILURE
     endpoints.update([A, B], 12.0)
@@ -330,16 +318,16 @@ def test_fixed_addresses_are_never_due() -> None:
     endpoints = fixed([A, B])
     assert endpoints.resolve_at == float("inf")
     endpoints.failed(endpoints.all[0], 1.0)
-    assert not endpoints.resolve_due(1e12)
+    assert 1e12 < endpoints.resolve_at
     endpoints.update([A], 2.0)
-    assert not endpoints.resolve_due(1e12)
+    assert 1e12 < endpoints.resolve_at
 
 
 def test_no_interval_means_no_periodic_resolution() -> None:
     endpoints = dynamic(interval=None, now=0.0)
-    assert not endpoints.resolve_due(1e12)
+    assert 1e12 < endpoints.resolve_at
     endpoints.update([A, B], 5.0)
-    assert not endpoints.resolve_due(1e12)
+    assert 1e12 < endpoints.resolve_at
 
 
 def test_no_interval_a_failure_asks_for_one_resolution_not_one_per_call() -> None:
@@ -348,10 +336,10 @@ def test_no_interval_a_failure_asks_for_one_resolution_not_one_per_call() -> Non
     starts a resolution task per call, the SyncClient runs getaddrinfo (or the resolver) in each call."""
     endpoints = dynamic(interval=None, now=0.0)
     endpoints.failed(endpoints.all[0], 10.0)
-    assert endpoints.resolve_due(10.0 + RESOLVE_AFTER_FAILURE)
+    assert 10.0 + RESOLVE_AFTER_FAILURE >= endpoints.resolve_at
     endpoints.update([A, B], 11.5)  # the resolution the failure asked for
-    assert not endpoints.resolve_due(12.0)
-    assert not endpoints.resolve_due(1e12)
+    assert 12.0 < endpoints.resolve_at
+    assert 1e12 < endpoints.resolve_at
 
 
 @pytest.mark.parametrize("interval", [0, 0.0, -1, -0.5, float("nan")])
