@@ -404,8 +404,7 @@ class Client:
         if old is not None and old is not link:
             self._retire(old)
         endpoint.link = link
-        only = self._endpoints.only
-        self._link = None if only is None else only.link
+        self._link = self._endpoints.direct_link()
 
     def _retire(self, link: _ClientProtocol) -> None:
         """``link`` takes no new calls: it closes (or its server closes it) once its replies are in."""
@@ -447,8 +446,7 @@ class Client:
             self._resolving = None
         for endpoint in endpoints.update(addresses, self._loop.time()):
             self._set_link(endpoint, None)
-        only = endpoints.only
-        self._link = None if only is None else only.link
+        self._link = endpoints.direct_link()
         self._plan_resolution()
 
     async def close(self) -> None:

@@ -150,8 +150,6 @@ class Endpoints:
             raise ValueError(f"resolve_interval must be a positive number of seconds or None, got {resolve_interval!r}")
         self._by_address: Dict[Address, Endpoint] = {}
         self.all: List[Endpoint] = []
-        #: The endpoint when there is exactly one (the clients then call it directly), else None.
-        self.only: Optional[Endpoint] = None
         self._back_at = 0.0  # no endpoint is set aside from then on: pick need not look
         self._rand = rand
         #: Whether there is anything to resolve again (names or a resolver, not only IP addresses).
@@ -171,9 +169,12 @@ class Endpoints:
         dropped = [endpoint for address, endpoint in self._by_address.items() if address not in kept]
         self._by_address = kept
         self.all = list(kept.values())
-        self.only = self.all[0] if len(self.all) == 1 else None
         self._back_at = max([self._back_at] + [e.retry_at for e in self.all])
         return dropped
+
+    def direct_link(self) -> Any:
+        """The link of the one endpoint while there is exactly one (calls go straight to it), else None."""
+        return self.all[0].link if len(self.all) == 1 else None
 
     def pick(self, now: float) -> Optional[Endpoint]:
         """The endpoint for the next call: of two drawn at random among those not set aside,

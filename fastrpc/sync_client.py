@@ -425,8 +425,7 @@ class SyncClient:
             old.drained("retired")
             self._old.append(old)
         endpoint.link = link
-        only = self._endpoints.only
-        self._link = None if only is None else only.link
+        self._link = self._endpoints.direct_link()
 
     def _sweep(self) -> None:
         """Under ``_lock``: close the retired connections that owe nothing any more."""
@@ -454,8 +453,7 @@ class SyncClient:
             with self._lock:
                 for endpoint in self._endpoints.update(addresses, time.monotonic()):
                     self._set_link(endpoint, None)
-                only = self._endpoints.only
-                self._link = None if only is None else only.link
+                self._link = self._endpoints.direct_link()
         finally:
             self._resolving.release()
 

@@ -503,8 +503,8 @@ def test_without_resolve_interval_a_failure_resolves_once_not_per_call(kind: str
 
 # -- 5, 6: unreachable endpoints ----------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", BOTH_CLIENTS)
-def test_an_endpoint_that_refuses_connections_is_set_aside(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def count_dials(monkeypatch: pytest.MonkeyPatch, kind: str) -> Counter:
+    """Counts, per address, the connections the ``kind`` of client tries to open (by wrapping how it dials)."""
     attempts: Counter = Counter()
     if kind == "sync":
         real_link = sync_client_module._Link
@@ -522,6 +522,12 @@ def test_an_endpoint_that_refuses_connections_is_set_aside(kind: str, monkeypatc
             return await real_dial(address, **kwargs)
 
         monkeypatch.setattr(async_client_module, "_dial", dial)
+    return attempts
+
+
+@pytest.mark.parametrize("kind", BOTH_CLIENTS)
+def test_an_endpoint_that_refuses_connections_is_set_aside(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    attempts = count_dials(monkeypatch, kind)
 
     async def body(side: Side) -> None:
         async with fleet(side, 1) as servers:
@@ -1251,14 +1257,7 @@ def test_async_calls_do_not_wait_on_an_endpoint_that_never_completes_connections
     opened, and again once it failed and the endpoint is tried anew: none fails. (Calls that picked it
     waited for that connection and timed out: about half of them.) Zero is what the design gives: a
     call waits for a connection being opened only when no other endpoint has one open."""
-    attempts: Counter = Counter()
-    real_dial = async_client_module._dial
-
-    async def dial(address: Any, **kwargs: Any) -> Any:
-        attempts[tuple(address)] += 1
-        return await real_dial(address, **kwargs)
-
-    monkeypatch.setattr(async_client_module, "_dial", dial)
+    attempts = count_dials(monkeypatch, "async")
 
     async def body(side: Side) -> None:
         with blackhole(variant) as port:
