@@ -22,6 +22,7 @@ from .errors import (
 )
 from .limits import DEFAULT_MAX_FRAME_SIZE
 from .middleware import CallInfo, Middleware
+from .protocol import metadata
 from .server import Server, remaining, run
 from .sync_client import SyncClient
 
@@ -52,6 +53,7 @@ __all__ = [
     "SyncClient",
     "Unauthenticated",
     "connect",
+    "metadata",
     "remaining",
     "run",
 ]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_MAX_FRAME_SIZE", "MAX_FRAME_SIZE_CEILING", "PROBE_HEADER", "PROBE_REPLY", "check_max_frame_size"]
+__all__ = [
+    "DEFAULT_MAX_FRAME_SIZE", "MAX_FRAME_SIZE_CEILING", "META_MAX_ENTRIES", "META_MAX_BYTES", "PROBE_HEADER", "PROBE_REPLY",
+    "check_max_frame_size",
+]
 
 #: Default largest frame body accepted, in bytes (16 MiB).
 DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
@@ -11,6 +14,12 @@ DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
 #: length that the ASCII text probe ``ping`` reads as (0x70696E67, about
 #: 1.76 GiB) so that the probe can never be taken for a frame header.
 MAX_FRAME_SIZE_CEILING = 1 << 30
+
+#: The most entries a call's metadata may have, and the most bytes its keys and values may
+#: add up to in UTF-8 (docs/protocol.md, section 3): room for trace context, request ids and
+#: caller identity, not for payload.
+META_MAX_ENTRIES = 64
+META_MAX_BYTES = 8192
 
 #: The first four bytes of a text health probe, and what it is answered with.
 PROBE_HEADER = b"ping"

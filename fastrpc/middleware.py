@@ -22,7 +22,7 @@ import functools
 import time
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
-from .protocol import Method
+from .protocol import Method, metadata
 
 __all__ = ["CallInfo", "Middleware", "HookedMethods"]
 
@@ -30,15 +30,16 @@ __all__ = ["CallInfo", "Middleware", "HookedMethods"]
 class CallInfo:
     """What middleware is told about a call."""
 
-    __slots__ = ("method", "params", "peer")
+    __slots__ = ("method", "params", "peer", "meta")
 
-    def __init__(self, method: str, params: Any, peer: Optional[Tuple[Any, ...]]) -> None:
+    def __init__(self, method: str, params: Any, peer: Optional[Tuple[Any, ...]], meta: Optional[Dict[str, str]] = None) -> None:
         self.method = method  # the name it was called by
         self.params = params  # a list (positional), a dict (keywords), or the one raw value of a raw_params method
         self.peer = peer  # the client's address, as the socket reports it
+        self.meta = {} if meta is None else meta  # the call's metadata (docs/protocol.md section 3)
 
     def __repr__(self) -> str:
-        return f"CallInfo(method={self.method!r}, params={self.params!r}, peer={self.peer!r})"
+        return f"CallInfo(method={self.method!r}, params={self.params!r}, peer={self.peer!r}, meta={self.meta!r})"
 
 
 class Middleware:
@@ -78,7 +79,7 @@ class HookedMethods:
 
         def info(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> CallInfo:
             params: Any = kwargs if kwargs else (args[0] if raw else list(args))
-            return CallInfo(name, params, peer)
+            return CallInfo(name, params, peer, metadata())
 
         def before(call: CallInfo) -> float:
             for hook in middleware:
@@ -122,4 +123,4 @@ class HookedMethods:
                 succeeded(call, result, started)
                 return result
 
-        return Method(method.name, hooked, method.out, raw)
+        return Method(method.name, hooked, method.out, raw, context=True)  # run with the call's metadata

@@ -10,6 +10,7 @@ shells around these two classes.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import itertools
 import math
@@ -23,17 +24,18 @@ from .errors import (
     ConnectionClosed,
     ErrorCode,
     FrameTooLarge,
+    InvalidRequest,
     ProtocolError,
     RemoteError,
     ShuttingDown,
     remote_error,
 )
 from .framing import FrameReader, pack_frames
-from .limits import DEFAULT_MAX_FRAME_SIZE, PROBE_LENGTH, PROBE_REPLY
+from .limits import DEFAULT_MAX_FRAME_SIZE, META_MAX_BYTES, META_MAX_ENTRIES, PROBE_LENGTH, PROBE_REPLY
 
 __all__ = [
     "ABSENT", "NOTICES_METHOD", "NOTICES", "Method", "Call", "ServerConnection", "ClientConnection", "encode_error",
-    "encode_request", "read_reply",
+    "encode_request", "read_reply", "metadata", "metadata_problem",
 ]
 
 _loads = orjson.loads
@@ -68,20 +70,74 @@ NOTICES = ("drain",)
 
 
 class Method:
-    """A registered handler and how to call it."""
+    """A registered handler and how to call it.
 
-    __slots__ = ("name", "func", "out", "raw_params", "is_async", "prefix")
+    A ``context`` method runs with its call's metadata (``metadata()``);
+    the others never look at it, so that a call costs them nothing more.
+    """
 
-    def __init__(self, name: str, func: Callable[..., Any], out: Optional[str] = None, raw_params: bool = False) -> None:
+    __slots__ = ("name", "func", "out", "raw_params", "context", "unbound", "is_async", "prefix")
+
+    def __init__(self, name: str, func: Callable[..., Any], out: Optional[str] = None, raw_params: bool = False,
+                 context: bool = False) -> None:
         self.name = name
         self.func = func
         self.out = name if out is None else out
         self.raw_params = raw_params
+        self.context = context
+        self.unbound = raw_params or context  # the fast path's one test for "not the plain bound call"
         self.is_async = inspect.iscoroutinefunction(func)
         self.prefix = b'{"out": ' + _dumps(self.out) + b', "result": '
 
     def __repr__(self) -> str:
         return f"<Method {self.name!r} -> {self.func!r}>"
+
+
+def metadata_problem(meta: Any) -> Optional[str]:
+    """Why ``meta`` is not valid call metadata (docs/protocol.md section 3), or None if it is."""
+    if type(meta) is not dict:
+        return "'meta' must be an object of string values"
+    if len(meta) > META_MAX_ENTRIES:
+        return f"'meta' has {len(meta)} entries; the most allowed is {META_MAX_ENTRIES}"
+    size = 0
+    for key, value in meta.items():
+        if type(key) is not str or type(value) is not str:
+            return f"'meta' must be an object of string values; {key!r} is {type(value).__name__}"
+        size += len(key.encode()) + len(value.encode())
+    if size > META_MAX_BYTES:
+        return f"'meta' is {size} bytes of keys and values; the most allowed is {META_MAX_BYTES}"
+    return None
+
+
+_METADATA: "contextvars.ContextVar[Optional[Dict[str, str]]]" = contextvars.ContextVar("fastrpc_metadata", default=None)
+
+
+def metadata() -> Dict[str, str]:
+    """Inside a handler registered with ``metadata=True`` (or run under middleware or
+    tracing): the metadata its call carried, an empty dict if none. Elsewhere RuntimeError."""
+    meta = _METADATA.get()
+    if meta is None:
+        raise RuntimeError("fastrpc.metadata() is available in handlers registered with metadata=True "
+                           "(and in every handler of a server with middleware or tracing)")
+    return meta
+
+
+def _invoke(func: Callable[..., Any], params: Any, raw: bool) -> Any:
+    """``func`` called with ``params`` bound as docs/protocol.md section 7 says (ServerConnection._receive_frame inlines this)."""
+    if raw:
+        return func(None if params is ABSENT else params)
+    if type(params) is list:
+        return func(*params)
+    if type(params) is dict:
+        return func(**params)
+    if params is ABSENT:
+        return func()
+    return func(params)
+
+
+def enter_metadata(meta: Dict[str, str]) -> None:
+    """In the task that runs an async context method's call: make ``call.meta`` current there."""
+    _METADATA.set(meta)
 
 
 def _bind_error(func: Callable[..., Any], params: Any) -> Optional[str]:
@@ -119,16 +175,17 @@ class Call:
     ``ServerConnection.complete`` or ``ServerConnection.fail``.
     """
 
-    __slots__ = ("method", "id", "slot", "coro", "params", "deadline")
+    __slots__ = ("method", "id", "slot", "coro", "params", "deadline", "meta")
 
     def __init__(self, method: Method, rid: Optional[Id], slot: Optional[List[Optional[bytes]]], coro: Any, params: Any,
-                 deadline: Optional[float] = None) -> None:
+                 deadline: Optional[float] = None, meta: Optional[Dict[str, str]] = None) -> None:
         self.method = method
         self.id = rid
         self.slot = slot
         self.deadline = deadline  # seconds the client gives it, or None
         self.coro = coro
         self.params = params
+        self.meta = meta  # a context method's metadata, for the task that runs it (enter_metadata)
 
 
 class _Hold(Exception):
@@ -172,7 +229,11 @@ class ServerConnection:
     ``closing`` is true the connection must be closed after that data is
     sent. ``report(method, exc)`` is told of every handler failure answered
     with the internal error (not the ``RemoteError``s handlers raise on
-    purpose), for the server to log.
+    purpose), for the server to log. ``count_error(name, code, returned)`` is
+    told of every error frame: the method's name (None when the frame answers
+    no known method: not JSON, not a request, no such method, too large) and
+    the code; ``returned`` when the handler had returned (its result could not
+    be sent). Only errors are told: successes stay on the fast path.
     """
 
     def __init__(
@@ -182,6 +243,7 @@ class ServerConnection:
         *,
         cancel: Optional[Callable[[Id], None]] = None,
         report: Optional[Callable[[Method, BaseException], None]] = None,
+        count_error: Optional[Callable[[Optional[str], int, bool], None]] = None,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         debug: bool = False,
     ) -> None:
@@ -189,6 +251,7 @@ class ServerConnection:
         self._spawn = spawn
         self._cancel = cancel
         self._report = report
+        self._count_error = count_error
         self._debug = debug
         self._reader = FrameReader(max_frame_size)
         self.get_buffer = self._reader.get_buffer
@@ -201,6 +264,7 @@ class ServerConnection:
         self._fresh = True  # nothing received yet: a text probe is possible
         self.closing = False
         self.notices = False  # the peer asked for notices (rpc.notices)
+        self._meta: Dict[str, str] = {}  # the metadata of the last async context call, for its Call
 
     @property
     def progress(self) -> Tuple[int, int]:
@@ -251,7 +315,7 @@ class ServerConnection:
         if self._fresh and exc.size == PROBE_LENGTH:
             self._raw_reply = PROBE_REPLY
         else:
-            self._out.append(encode_error(ErrorCode.FRAME_TOO_LARGE, str(exc), {"size": exc.size, "limit": exc.limit}))
+            self._out.append(self._error(None, ErrorCode.FRAME_TOO_LARGE, str(exc), {"size": exc.size, "limit": exc.limit}))
 
     def _receive_frame(self, body: Union[bytes, memoryview]) -> None:
         # The hot path: a valid request costs this frame, the handler's and
@@ -267,8 +331,9 @@ class ServerConnection:
         params = request.get("params", ABSENT)
         func = method.func
         try:
-            if method.raw_params:
-                result = func(None if params is ABSENT else params)
+            if method.unbound:
+                result = self._call_in_context(method, request, params) if method.context else func(
+                    None if params is ABSENT else params)
             elif type(params) is list:
                 result = func(*params)
             elif type(params) is dict:
@@ -284,47 +349,66 @@ class ServerConnection:
             if deadline is not None:
                 if type(deadline) not in (int, float) or deadline < 0:
                     result.close()  # never run
-                    return self._reply(rid, encode_error(
-                        ErrorCode.INVALID_REQUEST, "invalid request: 'deadline' must be milliseconds, 0 or more", None, rid))
+                    return self._reply(rid, self._error(
+                        method, ErrorCode.INVALID_REQUEST, "invalid request: 'deadline' must be milliseconds, 0 or more", None, rid))
                 deadline /= 1000
             slot: Optional[List[Optional[bytes]]] = None
             if rid is None:
                 slot = [None]
                 self._slots.append(slot)
-            if self._spawn(Call(method, rid, slot, result, params, deadline)):
+            if self._spawn(Call(method, rid, slot, result, params, deadline, self._meta if method.context else None)):
                 raise _Hold  # at the limit of calls in flight: leave the next frames buffered
         elif rid is None and self._slots:
             self._slots.append([self._result_body(method, result, rid)])
         else:
             self._out.append(self._result_body(method, result, rid))
 
+    def _call_in_context(self, method: Method, request: Dict[str, Any], params: Any) -> Any:
+        """Call a ``context`` method with its call's metadata current (the slower path)."""
+        meta = request.get("meta")
+        if meta is None:
+            meta = {}
+        else:
+            problem = metadata_problem(meta)
+            if problem is not None:
+                raise InvalidRequest(f"invalid request: {problem}")
+        if method.is_async:  # its coroutine runs later, in a task: Call.meta takes the metadata there
+            self._meta = meta
+            return _invoke(method.func, params, method.raw_params)
+        token = _METADATA.set(meta)
+        try:
+            return _invoke(method.func, params, method.raw_params)
+        finally:
+            _METADATA.reset(token)
+
     def _reject(self, body: Union[bytes, memoryview]) -> None:
         """Answer a frame that is not a valid call of a known method (docs/protocol.md section 6)."""
         try:
             request = _loads(body)
         except _JSONDecodeError as exc:
-            return self._reply(None, encode_error(ErrorCode.PARSE_ERROR, f"parse error: {exc}"))
+            return self._reply(None, self._error(None, ErrorCode.PARSE_ERROR, f"parse error: {exc}"))
         if type(request) is not dict:
-            return self._reply(None, encode_error(ErrorCode.INVALID_REQUEST, "invalid request: a request must be a JSON object"))
+            return self._reply(None, self._error(None, ErrorCode.INVALID_REQUEST, "invalid request: a request must be a JSON object"))
         if "cancel" in request and "in" not in request:
             if type(request["cancel"]) in (int, str) and self._cancel is not None:
                 self._cancel(request["cancel"])
             return None  # a cancel frame is never answered
         rid = request.get("id")
         if type(rid) not in _ID_TYPES:
-            return self._reply(None, encode_error(ErrorCode.INVALID_REQUEST, "invalid request: 'id' must be an integer or a string"))
+            return self._reply(None, self._error(None, ErrorCode.INVALID_REQUEST, "invalid request: 'id' must be an integer or a string"))
         name = request.get("in")
         if type(name) is not str:
-            return self._reply(rid, encode_error(ErrorCode.INVALID_REQUEST, "invalid request: 'in' must be a string naming a method", None, rid))
+            return self._reply(rid, self._error(None, ErrorCode.INVALID_REQUEST, "invalid request: 'in' must be a string naming a method",
+                                                None, rid))
         if name == NOTICES_METHOD:  # reached only when the registry knows no such method: not before auth, not while refusing
             return self._opt_in(rid)
-        return self._reply(rid, encode_error(ErrorCode.METHOD_NOT_FOUND, f"method not found: {name!r}", None, rid))
+        return self._reply(rid, self._error(None, ErrorCode.METHOD_NOT_FOUND, f"method not found: {name!r}", None, rid))
 
     def _opt_in(self, rid: Optional[Id]) -> None:
         # A notice has no id: only a peer that matches replies by id can tell it from one.
         if rid is None:
-            return self._reply(None, encode_error(
-                ErrorCode.INVALID_REQUEST, f"invalid request: {NOTICES_METHOD!r} needs an id (a notice has none)"))
+            return self._reply(None, self._error(
+                None, ErrorCode.INVALID_REQUEST, f"invalid request: {NOTICES_METHOD!r} needs an id (a notice has none)"))
         self.notices = True
         self._out.append(self._result_body(_NOTICES_REPLY, list(NOTICES), rid))
 
@@ -369,40 +453,51 @@ class ServerConnection:
         except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
             if self._report is not None:
                 self._report(method, exc)
-            return encode_error(ErrorCode.INTERNAL_ERROR, f"result of {method.name!r} is not JSON serializable: {exc}", None, rid)
+            return self._error(method, ErrorCode.INTERNAL_ERROR, f"result of {method.name!r} is not JSON serializable: {exc}", None, rid,
+                               True)
         if rid is None:
             body = method.prefix + encoded + b"}"
         else:
             body = b"".join((method.prefix, encoded, _ID_PART, _dumps(rid), b"}"))
         if len(body) > self._max_frame_size:  # checked here, not by a call: this is the hot path
-            return self._fit(body, rid)
+            return self._fit(body, rid, method)
         return body
 
-    def _fit(self, body: bytes, rid: Optional[Id]) -> bytes:
-        """``body``, or the -32000 error that replaces a response over the maximum frame size (section 1)."""
+    def _fit(self, body: bytes, rid: Optional[Id], returned: Optional[Method] = None) -> bytes:
+        """``body``, or the -32000 error that replaces a response over the maximum frame size (section 1);
+        ``returned``: the method whose result it is (an error body's code was counted already)."""
         if len(body) <= self._max_frame_size:
             return body
-        return encode_error(
-            ErrorCode.FRAME_TOO_LARGE,
-            f"response of {len(body)} bytes exceeds the maximum frame size of {self._max_frame_size} bytes",
-            None,
-            rid,
-        )
+        message = f"response of {len(body)} bytes exceeds the maximum frame size of {self._max_frame_size} bytes"
+        if returned is not None:
+            return self._error(returned, ErrorCode.FRAME_TOO_LARGE, message, None, rid, True)
+        return encode_error(ErrorCode.FRAME_TOO_LARGE, message, None, rid)
+
+    def _error(self, method: Optional[Method], code: int, message: str, data: Any = None, rid: Optional[Id] = None,
+               returned: bool = False) -> bytes:
+        """An error body, counted (``count_error``) against ``method`` (None: no known method)."""
+        if self._count_error is not None:
+            self._count_error(None if method is None else method.name, code, returned)
+        return encode_error(code, message, data, rid)
 
     def _error_body(self, method: Method, params: Any, exc: BaseException, rid: Optional[Id]) -> bytes:
         if isinstance(exc, RemoteError):
             try:
-                return encode_error(exc.code, exc.message, exc.data, rid)
+                body = encode_error(exc.code, exc.message, exc.data, rid)
             except TypeError as error:  # data orjson cannot write (orjson.JSONEncodeError is a TypeError)
-                return encode_error(ErrorCode.INTERNAL_ERROR, f"error raised by {method.name!r} cannot be encoded: {error}", None, rid)
+                return self._error(method, ErrorCode.INTERNAL_ERROR, f"error raised by {method.name!r} cannot be encoded: {error}", None,
+                                   rid)
+            if self._count_error is not None:
+                self._count_error(method.name, exc.code, False)
+            return body
         if isinstance(exc, TypeError) and not method.raw_params:
             reason = _bind_error(method.func, params)
             if reason is not None:
-                return encode_error(ErrorCode.INVALID_PARAMS, f"invalid params for {method.name!r}: {reason}", None, rid)
+                return self._error(method, ErrorCode.INVALID_PARAMS, f"invalid params for {method.name!r}: {reason}", None, rid)
         if self._report is not None:
             self._report(method, exc)
         data = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)) if self._debug else None
-        return encode_error(ErrorCode.INTERNAL_ERROR, f"internal error in {method.name!r}: {type(exc).__name__}", data, rid)
+        return self._error(method, ErrorCode.INTERNAL_ERROR, f"internal error in {method.name!r}: {type(exc).__name__}", data, rid)
 
     # -- output ----------------------------------------------------------------
 
@@ -460,15 +555,16 @@ class ClientConnection:
         """Calls sent and not yet answered (or forgotten)."""
         return len(self._pending)
 
-    def request(self, method: str, params: Any, waiter: Any, deadline: Optional[float] = None) -> int:
+    def request(self, method: str, params: Any, waiter: Any, deadline: Optional[float] = None,
+                meta: Optional[Mapping[str, str]] = None) -> int:
         """Queue a call; returns its key for ``forget``. ``deadline`` (seconds)
-        tells the server when to give up on it.
+        tells the server when to give up on it; ``meta`` is its metadata.
 
         Raises FrameTooLarge (nothing queued) if the request does not fit
-        the maximum frame size.
+        the maximum frame size; ValueError if ``meta`` is not valid metadata.
         """
         key = self._next_key()
-        body = encode_request(method, params, key if self.ids else None, deadline)
+        body = encode_request(method, params, key if self.ids else None, deadline, meta)
         if len(body) > self._max_frame_size:
             raise FrameTooLarge(len(body), self._max_frame_size)
         self._out.append(body)
@@ -584,9 +680,11 @@ def _decode_error(error: Dict[str, Any]) -> RemoteError:
 
 # -- shared by the clients and the load generator ------------------------------------
 
-def encode_request(method: str, params: Any = ABSENT, rid: Optional[Id] = None, deadline: Optional[float] = None) -> bytes:
+def encode_request(method: str, params: Any = ABSENT, rid: Optional[Id] = None, deadline: Optional[float] = None,
+                   meta: Optional[Mapping[str, str]] = None) -> bytes:
     """A request body (docs/protocol.md section 3): ``params`` left out when ABSENT, ``id`` when
-    None; ``deadline`` (seconds) is sent as whole milliseconds, rounded up."""
+    None; ``deadline`` (seconds) is sent as whole milliseconds, rounded up; ``meta`` when given
+    (ValueError if it is not an object of at most META_MAX_ENTRIES strings and META_MAX_BYTES)."""
     request: Dict[str, Any] = {"in": method}
     if params is not ABSENT:
         request["params"] = params
@@ -594,6 +692,13 @@ def encode_request(method: str, params: Any = ABSENT, rid: Optional[Id] = None, 
         request["id"] = rid
     if deadline is not None:
         request["deadline"] = max(0, math.ceil(deadline * 1000))
+    if meta:
+        if type(meta) is not dict and isinstance(meta, Mapping):
+            meta = dict(meta)
+        problem = metadata_problem(meta)
+        if problem is not None:
+            raise ValueError(f"invalid call metadata: {problem}")
+        request["meta"] = meta
     return _dumps(request)
 
 

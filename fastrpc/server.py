@@ -23,7 +23,8 @@ from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
 from .auth import TokenGate
 from .middleware import HookedMethods, Middleware
 from .net import address_text, set_nodelay
-from .protocol import Call, Method, ServerConnection, encode_error
+from .protocol import Call, Method, ServerConnection, encode_error, enter_metadata
+from .stats import CANCELLED, ServerStats
 
 __all__ = ["Server", "run", "new_event_loop", "remaining"]
 
@@ -131,6 +132,7 @@ class Server:
         self.max_connection_age = max_connection_age
         self.max_connection_age_grace = max_connection_age_grace  # None: shutdown_grace
         self.aged_out = 0  # connections retired for reaching max_connection_age
+        self.stats = ServerStats()  # errors, cancellations, connections: read by fastrpc.metrics
         self.debug = debug
         self.serving = True  # what rpc.health says while the server is not stopping
         # The built-ins, which a stopping server keeps answering (no application method can share their names).
@@ -152,7 +154,8 @@ class Server:
     def method(self, func: F) -> F: ...
 
     @overload
-    def method(self, name: Optional[str] = None, *, out: Optional[str] = None, raw_params: bool = False) -> Callable[[F], F]: ...
+    def method(self, name: Optional[str] = None, *, out: Optional[str] = None, raw_params: bool = False,
+               metadata: bool = False) -> Callable[[F], F]: ...
 
     def method(
         self,
@@ -161,12 +164,15 @@ class Server:
         name: Optional[str] = None,
         out: Optional[str] = None,
         raw_params: bool = False,
+        metadata: bool = False,
     ) -> Any:
         """Register a handler; use bare (``@server.method``) or with options.
 
         ``name`` defaults to the function's name; ``out`` is the name the
         response carries (default: ``name``); with ``raw_params`` the handler
-        gets the request's params as one argument, unbound (None if absent).
+        gets the request's params as one argument, unbound (None if absent);
+        with ``metadata`` it reads its call's metadata with ``fastrpc.metadata()``
+        (other handlers never look at it, and a call costs them nothing more).
         """
         if isinstance(func, str):
             if name is not None:
@@ -182,7 +188,7 @@ class Server:
             if method_name.startswith(BUILTIN_PREFIX):
                 raise ValueError(f"method names starting with {BUILTIN_PREFIX!r} are reserved for fastrpc's built-ins, "
                                  f"got {method_name!r}")
-            self.methods[method_name] = Method(method_name, handler, out, raw_params)
+            self.methods[method_name] = Method(method_name, handler, out, raw_params, metadata)
             return handler
 
         return register if func is None else register(func)
@@ -383,8 +389,8 @@ class _Connection(asyncio.BufferedProtocol):
     def __init__(self, server: Server) -> None:
         self._server = server
         self._core = core = ServerConnection(server.methods, self._spawn, cancel=self._cancel_by_id,
-                                             report=self._handler_failed, max_frame_size=server.max_frame_size,
-                                             debug=server.debug)
+                                             report=self._handler_failed, count_error=server.stats.count_error,
+                                             max_frame_size=server.max_frame_size, debug=server.debug)
         # The transport looks get_buffer up once, before connection_made:
         # binding the core's own method here spares a Python call per read.
         self.get_buffer = core.get_buffer  # type: ignore[method-assign]
@@ -418,6 +424,7 @@ class _Connection(asyncio.BufferedProtocol):
             log.warning("refused a connection from %s: at the limit of %d connections", address_text(self._peer), server.max_connections)
             self._hang_up(ErrorCode.SERVER_BUSY, f"server busy: it has its maximum of {server.max_connections} connections")
             return
+        server.stats.connections_opened += 1
         core = self._core
         methods: Mapping[str, Method] = server.methods
         if server.middleware:
@@ -471,6 +478,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def _hang_up(self, code: int, message: str) -> None:
         """Send one error frame, then end the connection."""
+        self._server.stats.count_error(None, code)
         self._transport.write(pack_frames([encode_error(code, message)]))
         self.end()
 
@@ -661,15 +669,20 @@ class _Connection(asyncio.BufferedProtocol):
         if call.deadline is not None:
             timer = self._loop.call_later(call.deadline, self._expire, call)
             _DEADLINE.set(self._loop.time() + call.deadline)  # this task's own context
+        if call.meta is not None:
+            enter_metadata(call.meta)
         try:
             result = await call.coro
         except asyncio.CancelledError:
             reason = self._stopped.get(call)
             if reason is None:
                 if self._state is not DRAINING:
+                    self._server.stats.count_error(call.method.name, CANCELLED)
                     raise  # the connection is gone: nobody to answer
                 reason = ShuttingDown("the server shut down before the call finished", {"started": True})
-            if reason is not _NO_REPLY:
+            if reason is _NO_REPLY:
+                self._server.stats.count_error(call.method.name, CANCELLED)
+            else:
                 self._core.fail(call, reason)
         except BaseException as exc:  # SystemExit and KeyboardInterrupt too: a handler's fault, not the server's
             self._core.fail(call, exc)
