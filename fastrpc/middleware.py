@@ -22,7 +22,8 @@ import functools
 import time
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
-from .protocol import Method, metadata
+from .errors import ErrorCode, RemoteError
+from .protocol import Method, failure, metadata
 
 __all__ = ["CallInfo", "Middleware", "HookedMethods"]
 
@@ -30,13 +31,21 @@ __all__ = ["CallInfo", "Middleware", "HookedMethods"]
 class CallInfo:
     """What middleware is told about a call."""
 
-    __slots__ = ("method", "params", "peer", "meta")
+    __slots__ = ("method", "params", "peer", "meta", "_handler")
 
-    def __init__(self, method: str, params: Any, peer: Optional[Tuple[Any, ...]], meta: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, method: str, params: Any, peer: Optional[Tuple[Any, ...]], meta: Optional[Dict[str, str]] = None,
+                 handler: Optional[Method] = None) -> None:
         self.method = method  # the name it was called by
         self.params = params  # a list (positional), a dict (keywords), or the one raw value of a raw_params method
         self.peer = peer  # the client's address, as the socket reports it
         self.meta = {} if meta is None else meta  # the call's metadata (docs/protocol.md section 3)
+        self._handler = handler
+
+    def error_code(self, exc: BaseException) -> int:
+        """The error code the client gets for ``exc`` raised by this call (as ``on_error`` is told of it)."""
+        if self._handler is None:  # made by hand, not by a server: no signature to check params against
+            return exc.code if isinstance(exc, RemoteError) else ErrorCode.INTERNAL_ERROR
+        return int(failure(self._handler, self.params, exc)[0])
 
     def __repr__(self) -> str:
         return f"CallInfo(method={self.method!r}, params={self.params!r}, peer={self.peer!r}, meta={self.meta!r})"
@@ -79,7 +88,7 @@ class HookedMethods:
 
         def info(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> CallInfo:
             params: Any = kwargs if kwargs else (args[0] if raw else list(args))
-            return CallInfo(name, params, peer, metadata())
+            return CallInfo(name, params, peer, metadata(), method)
 
         def before(call: CallInfo) -> float:
             for hook in middleware:

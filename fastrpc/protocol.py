@@ -35,7 +35,7 @@ from .limits import DEFAULT_MAX_FRAME_SIZE, META_MAX_BYTES, META_MAX_ENTRIES, PR
 
 __all__ = [
     "ABSENT", "NOTICES_METHOD", "NOTICES", "Method", "Call", "ServerConnection", "ClientConnection", "encode_error",
-    "encode_request", "read_reply", "metadata", "metadata_problem",
+    "encode_request", "read_reply", "failure", "metadata", "metadata_problem",
 ]
 
 _loads = orjson.loads
@@ -138,6 +138,20 @@ def _invoke(func: Callable[..., Any], params: Any, raw: bool) -> Any:
 def enter_metadata(meta: Dict[str, str]) -> None:
     """In the task that runs an async context method's call: make ``call.meta`` current there."""
     _METADATA.set(meta)
+
+
+def failure(method: Method, params: Any, exc: BaseException, debug: bool = False) -> Tuple[int, str, Any]:
+    """What a call of ``method`` whose handler raised ``exc`` is answered with: (code, message, data).
+    A ``RemoteError`` chooses its own; a TypeError from params that do not bind is -32602; any
+    other exception is -32603, with the traceback as data when ``debug``."""
+    if isinstance(exc, RemoteError):
+        return exc.code, exc.message, exc.data
+    if isinstance(exc, TypeError) and not method.raw_params:
+        reason = _bind_error(method.func, params)
+        if reason is not None:
+            return ErrorCode.INVALID_PARAMS, f"invalid params for {method.name!r}: {reason}", None
+    data = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)) if debug else None
+    return ErrorCode.INTERNAL_ERROR, f"internal error in {method.name!r}: {type(exc).__name__}", data
 
 
 def _bind_error(func: Callable[..., Any], params: Any) -> Optional[str]:
@@ -481,23 +495,16 @@ class ServerConnection:
         return encode_error(code, message, data, rid)
 
     def _error_body(self, method: Method, params: Any, exc: BaseException, rid: Optional[Id]) -> bytes:
-        if isinstance(exc, RemoteError):
-            try:
-                body = encode_error(exc.code, exc.message, exc.data, rid)
-            except TypeError as error:  # data orjson cannot write (orjson.JSONEncodeError is a TypeError)
-                return self._error(method, ErrorCode.INTERNAL_ERROR, f"error raised by {method.name!r} cannot be encoded: {error}", None,
-                                   rid)
-            if self._count_error is not None:
-                self._count_error(method.name, exc.code, False)
-            return body
-        if isinstance(exc, TypeError) and not method.raw_params:
-            reason = _bind_error(method.func, params)
-            if reason is not None:
-                return self._error(method, ErrorCode.INVALID_PARAMS, f"invalid params for {method.name!r}: {reason}", None, rid)
-        if self._report is not None:
+        code, message, data = failure(method, params, exc, self._debug)
+        if code == ErrorCode.INTERNAL_ERROR and not isinstance(exc, RemoteError) and self._report is not None:
             self._report(method, exc)
-        data = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)) if self._debug else None
-        return self._error(method, ErrorCode.INTERNAL_ERROR, f"internal error in {method.name!r}: {type(exc).__name__}", data, rid)
+        try:
+            body = encode_error(code, message, data, rid)
+        except TypeError as error:  # data orjson cannot write (orjson.JSONEncodeError is a TypeError)
+            return self._error(method, ErrorCode.INTERNAL_ERROR, f"error raised by {method.name!r} cannot be encoded: {error}", None, rid)
+        if self._count_error is not None:
+            self._count_error(method.name, code, False)
+        return body
 
     # -- output ----------------------------------------------------------------
 
