@@ -31,14 +31,16 @@ __all__ = ["CallInfo", "Middleware", "HookedMethods"]
 class CallInfo:
     """What middleware is told about a call."""
 
-    __slots__ = ("method", "params", "peer", "meta", "_handler")
+    __slots__ = ("method", "params", "peer", "meta", "local", "state", "_handler")
 
     def __init__(self, method: str, params: Any, peer: Optional[Tuple[Any, ...]], meta: Optional[Dict[str, str]] = None,
-                 handler: Optional[Method] = None) -> None:
+                 handler: Optional[Method] = None, local: Optional[Tuple[Any, ...]] = None) -> None:
         self.method = method  # the name it was called by
         self.params = params  # a list (positional), a dict (keywords), or the one raw value of a raw_params method
         self.peer = peer  # the client's address, as the socket reports it
         self.meta = {} if meta is None else meta  # the call's metadata (docs/protocol.md section 3)
+        self.local = local  # the server's own address on this connection
+        self.state: Dict[Any, Any] = {}  # for middleware to keep what it needs from before() to after(), by its own key
         self._handler = handler
 
     def error_code(self, exc: BaseException) -> int:
@@ -69,12 +71,14 @@ class Middleware:
 class HookedMethods:
     """A connection's view of the registry in which every handler runs inside the middleware."""
 
-    __slots__ = ("_methods", "_middleware", "_peer", "_wrapped")
+    __slots__ = ("_methods", "_middleware", "_peer", "_local", "_wrapped")
 
-    def __init__(self, methods: Mapping[str, Method], middleware: Sequence[Middleware], peer: Optional[Tuple[Any, ...]]) -> None:
+    def __init__(self, methods: Mapping[str, Method], middleware: Sequence[Middleware], peer: Optional[Tuple[Any, ...]],
+                 local: Optional[Tuple[Any, ...]] = None) -> None:
         self._methods = methods
         self._middleware = tuple(middleware)
         self._peer = peer
+        self._local = local
         self._wrapped: Dict[str, Method] = {}
 
     def __getitem__(self, name: str) -> Method:
@@ -84,11 +88,11 @@ class HookedMethods:
         return method
 
     def _wrap(self, method: Method) -> Method:
-        func, middleware, peer, name, raw = method.func, self._middleware, self._peer, method.name, method.raw_params
+        func, middleware, peer, local, name, raw = method.func, self._middleware, self._peer, self._local, method.name, method.raw_params
 
         def info(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> CallInfo:
             params: Any = kwargs if kwargs else (args[0] if raw else list(args))
-            return CallInfo(name, params, peer, metadata(), method)
+            return CallInfo(name, params, peer, metadata(), method, local)
 
         def before(call: CallInfo) -> float:
             for hook in middleware:

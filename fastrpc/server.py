@@ -428,7 +428,7 @@ class _Connection(asyncio.BufferedProtocol):
         core = self._core
         methods: Mapping[str, Method] = server.methods
         if server.middleware:
-            methods = HookedMethods(methods, server.middleware, self._peer)
+            methods = HookedMethods(methods, server.middleware, self._peer, transport.get_extra_info("sockname"))
         if server.tokens:
             core.use_methods(TokenGate(server.tokens, methods, core.use_methods, self._auth_failed))
         elif methods is not server.methods:
