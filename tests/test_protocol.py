@@ -425,3 +425,96 @@ def test_a_stopping_core_keeps_the_methods_it_is_told_to(link: Link) -> None:
     replies = link.send(request(**{"in": "rpc.health", "id": 1}), request(**{"in": "add", "params": [1, 2], "id": 2}))
     assert replies[0] == {"out": "rpc.health", "result": "NOT_SERVING", "id": 1}
     assert error_of(replies[1]) == (-32002, 2)
+
+
+# -- section 3: call metadata, in the core ------------------------------------------------
+
+def meta_link(**kwargs: Any) -> Link:
+    """A Link whose registry also has methods that read their call's metadata, and one that must not."""
+    link = Link(**kwargs)
+    registry = dict(link.server._methods)  # the methods() registry, plus these
+    registry["seen"] = Method("seen", lambda: fastrpc.metadata(), context=True)
+    registry["seen_raw"] = Method("seen_raw", lambda params: [params, fastrpc.metadata()], raw_params=True, context=True)
+
+    async def seen_later(tag: str) -> Any:
+        return [tag, fastrpc.metadata()]
+
+    registry["seen_later"] = Method("seen_later", seen_later, context=True)
+    registry["unseen"] = Method("unseen", lambda: fastrpc.metadata())
+    link.server.use_methods(registry)
+    return link
+
+
+def test_a_context_method_reads_its_calls_metadata(framing_impl: Any) -> None:
+    link = meta_link()
+    replies = link.send(request(**{"in": "seen", "meta": {"trace": "t1", "who": "me"}, "id": 1}),
+                        request(**{"in": "seen", "id": 2}),
+                        request(**{"in": "seen_raw", "params": [1], "meta": {"k": "v"}, "id": 3}))
+    assert [r["result"] for r in replies] == [{"trace": "t1", "who": "me"}, {}, [[1], {"k": "v"}]]
+    with pytest.raises(RuntimeError, match="metadata=True"):
+        fastrpc.metadata()  # set only while the handler ran
+
+
+def test_an_async_context_methods_call_carries_the_metadata(framing_impl: Any) -> None:
+    link = meta_link()
+    link.send(request(**{"in": "seen_later", "params": ["a"], "meta": {"k": "a"}, "id": 1}),
+              request(**{"in": "seen_later", "params": ["b"], "id": 2}),
+              request(**{"in": "later", "params": [1], "meta": {"k": "c"}, "id": 3}))
+    assert [call.meta for call in link.calls] == [{"k": "a"}, {}, None]  # None: 'later' does not read it
+    for call in link.calls:
+        call.coro.close()
+
+
+def test_a_method_that_does_not_read_metadata_ignores_it_even_malformed(framing_impl: Any) -> None:
+    link = meta_link()
+    replies = link.send(request(**{"in": "add", "params": [1, 2], "meta": 7, "id": 1}),
+                        request(**{"in": "unseen", "meta": {"k": "v"}, "id": 2}))
+    assert replies[0]["result"] == 3
+    assert error_of(replies[1]) == (-32603, 2)  # metadata() outside a context method raised
+
+
+@pytest.mark.parametrize("meta, reason", [
+    ([], "must be an object of string values"),
+    ({"k": 1}, "must be an object of string values"),
+    ({str(i): "" for i in range(65)}, "65 entries"),
+    ({"k": "v" * 8192}, "8193 bytes"),
+])
+def test_malformed_metadata_of_a_context_call_is_an_invalid_request(framing_impl: Any, meta: Any, reason: str) -> None:
+    link = meta_link()
+    reply, = link.send(request(**{"in": "seen", "meta": meta, "id": 1}))
+    assert error_of(reply) == (-32600, 1)
+    assert reason in reply["error"]["message"]
+    assert_still_serving(link)
+
+
+def test_the_client_core_refuses_to_send_malformed_metadata(framing_impl: Any) -> None:
+    core = ClientConnection(lambda *args: None)
+    with pytest.raises(ValueError, match="invalid call metadata"):
+        core.request("seen", ABSENT, object(), meta={"k": 1})
+    assert core.data_to_send() == b"" and core.pending == 0
+    core.request("seen", ABSENT, object(), meta={"k": "v"})
+    assert b'"meta":{"k":"v"}' in core.data_to_send()
+
+
+def test_every_error_frame_is_counted_by_method_and_code(framing_impl: Any) -> None:
+    counted: List[Tuple[Optional[str], int, bool]] = []
+    link = Link(count_error=lambda *args: counted.append(args), max_frame_size=200)
+    link.send(b"{not json", request(**{"in": "nope", "id": 1}), request(**{"in": 5, "id": 2}), b"[]",
+              request(**{"in": "refuse", "id": 3}), request(**{"in": "add", "params": [1], "id": 4}),
+              request(**{"in": "explode", "id": 5}), request(**{"in": "unencodable", "id": 6}),
+              request(**{"in": "grow", "params": [300], "id": 7}), request(**{"in": "later", "params": [1], "deadline": -1, "id": 8}),
+              request(**{"in": "add", "params": [1, 2], "id": 9}))
+    assert counted == [(None, -32700, False), (None, -32601, False), (None, -32600, False), (None, -32600, False),
+                       ("refuse", -32602, False), ("add", -32602, False), ("explode", -32603, False),
+                       ("unencodable", -32603, True), ("grow", -32000, True), ("later", -32600, False)]
+    link.receive(b"\x00\x00\x10\x00")  # a header over the maximum
+    assert counted[-1] == (None, -32000, False)
+
+
+def test_failure_decides_code_message_and_data() -> None:
+    method = Method("add", lambda a, b: a + b)
+    assert fastrpc.protocol.failure(method, [1, 2], fastrpc.InvalidParams("no", {"x": 1})) == (-32602, "no", {"x": 1})
+    assert fastrpc.protocol.failure(method, [1], TypeError("missing"))[0] == -32602
+    assert fastrpc.protocol.failure(method, [1, 2], TypeError("inside"))[0] == -32603
+    code, message, data = fastrpc.protocol.failure(method, [1, 2], ValueError("secret"), debug=True)
+    assert (code, message) == (-32603, "internal error in 'add': ValueError") and "secret" in data
