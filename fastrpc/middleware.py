@@ -18,6 +18,7 @@ once per method and connection, in the hooks.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
@@ -67,6 +68,11 @@ class Middleware:
     def on_error(self, call: CallInfo, exc: BaseException, elapsed: float) -> None:
         """Runs after the handler (or a ``before``) raised ``exc``."""
 
+    def on_cancel(self, call: CallInfo, elapsed: float) -> None:
+        """Runs when an async handler's call is stopped before it finished (its deadline passed, the
+        client cancelled it or went away, the server shut down), instead of ``after`` or ``on_error``.
+        It must not raise: the call is being stopped, there is nothing left to fail."""
+
 
 class HookedMethods:
     """A connection's view of the registry in which every handler runs inside the middleware."""
@@ -104,6 +110,11 @@ class HookedMethods:
             for hook in middleware:
                 hook.on_error(call, exc, elapsed)
 
+        def cancelled(call: CallInfo, started: float) -> None:
+            elapsed = time.perf_counter() - started
+            for hook in middleware:
+                hook.on_cancel(call, elapsed)
+
         def succeeded(call: CallInfo, result: Any, started: float) -> None:
             elapsed = time.perf_counter() - started
             for hook in middleware:
@@ -117,6 +128,9 @@ class HookedMethods:
                 try:
                     started = before(call)
                     result = await func(*args, **kwargs)
+                except asyncio.CancelledError:  # not an Exception: middleware that began something (a span) ends it
+                    cancelled(call, started)
+                    raise
                 except Exception as exc:
                     failed(call, exc, started)
                     raise
