@@ -6,6 +6,8 @@ global one can be set once per process)."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import orjson
@@ -219,3 +221,13 @@ def test_client_hook_starts_a_child_span_and_injects_it(spans: Spans) -> None:
     assert bad.parent is None  # no span current: a trace of its own
     assert error_of(bad) == (StatusCode.ERROR, "invalid params for 'add'", "INVALID_PARAMS", "INVALID_PARAMS", ())
     assert error_of(closed) == (StatusCode.ERROR, "connection lost", "fastrpc.errors.ConnectionClosed", None, ())
+
+
+def test_only_the_tracing_module_imports_opentelemetry() -> None:
+    script = ("import pkgutil, importlib, sys, fastrpc\n"
+              "for info in pkgutil.walk_packages(fastrpc.__path__, 'fastrpc.'):\n"
+              "    if info.name not in ('fastrpc.tracing', 'fastrpc.__main__'):\n"
+              "        importlib.import_module(info.name)\n"
+              "print(sorted(name for name in sys.modules if name.startswith('opentelemetry')))\n")
+    found = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert found.stdout.strip() == "[]"
