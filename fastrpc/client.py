@@ -15,7 +15,7 @@ import math
 import socket
 from collections import deque
 from ssl import SSLContext
-from typing import Any, Awaitable, Callable, Deque, Dict, Generator, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Awaitable, Callable, Deque, Dict, Generator, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 from .auth import AUTH_METHOD
 from .endpoints import (
@@ -31,6 +31,7 @@ from .endpoints import (
     parse_endpoints,
 )
 from .errors import CallTimeout, ConnectionClosed, FastRPCError, ShuttingDown
+from .hooks import ClientHook, Hooks, checked_meta
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
 from .net import address_text, connect_failed, set_nodelay
 from .protocol import ABSENT, ClientConnection
@@ -148,16 +149,18 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         if data and not self.transport.is_closing():  # type: ignore[union-attr]
             self.transport.write(data)  # type: ignore[union-attr]
 
-    async def call(self, method: str, params: Any, timeout: Optional[float], stated: Optional[float] = None) -> Any:
+    async def call(self, method: str, params: Any, timeout: Optional[float], stated: Optional[float] = None,
+                   meta: Optional[Dict[str, str]] = None) -> Any:
         """Make one call on this connection (see ``Client.call``); NotSent if it took no new calls.
-        ``stated``: the timeout to name in a CallTimeout, when ``timeout`` is what is left of it."""
+        ``stated``: the timeout to name in a CallTimeout, when ``timeout`` is what is left of it;
+        ``meta``: checked metadata (``checked_meta``)."""
         core = self.core
         if core.pending + self.waking >= self.max_pending or self.room:
             await self._wait_for_room(method, timeout, timeout if stated is None else stated)
         if not self.open:
             raise NotSent("connection is closed")
         future = self.loop.create_future()
-        key = core.request(method, params, future, deadline=timeout)
+        key = core.request(method, params, future, timeout, meta)
         self.schedule_flush()
         if timeout is None:
             try:
@@ -217,6 +220,7 @@ class Client:
         retries: int,
         idempotent: Iterable[str],
         loop: asyncio.AbstractEventLoop,
+        hooks: Sequence[ClientHook] = (),
     ) -> None:
         self._endpoints = endpoints
         self._dial = dial
@@ -235,6 +239,10 @@ class Client:
         self._resolve_timer: Optional[asyncio.Handle] = None
         self._resolve_planned = math.inf  # when that timer fires
         self._closing = False
+        self._hooks: Optional[Hooks] = None
+        if hooks:
+            self._hooks = Hooks(hooks)
+            self.call = self._call_hooked  # type: ignore[method-assign]  # chosen once: calls without hooks pay nothing
         self._plan_resolution()
 
     @property
@@ -250,7 +258,7 @@ class Client:
 
     async def call(
         self, method: str, params: Any = ABSENT, *, timeout: Optional[float] = ABSENT,
-        idempotent: Optional[bool] = None,
+        idempotent: Optional[bool] = None, meta: Optional[Mapping[str, str]] = None,
     ) -> Any:
         """Call ``method`` with ``params`` and return its result.
 
@@ -270,15 +278,22 @@ class Client:
         in the client's ``idempotent`` set (``idempotent=False`` opts one call
         out). Other calls lost in flight raise ConnectionClosed: they may have
         run, and are never run twice.
+
+        ``meta``: the call's metadata, string keys and values (at most 64
+        entries and 8 KiB), which handlers registered with ``metadata=True``
+        read with ``fastrpc.metadata()``; ValueError, with nothing sent, if it
+        is not valid.
         """
         if timeout is ABSENT:
             timeout = self.timeout
+        if meta is not None:
+            meta = checked_meta(meta)
         deadline = None if timeout is None else self._loop.time() + timeout
         link = self._link
-        refused: Optional[ShuttingDown] = None
         if link is not None and link.open and not self.retries:  # one endpoint: no choice to make
+            refused: Optional[ShuttingDown] = None
             try:
-                return await link.call(method, params, timeout)
+                return await link.call(method, params, timeout, None, meta)
             except ShuttingDown as exc:
                 if not exc.never_ran:
                     raise
@@ -286,13 +301,31 @@ class Client:
                 refused = exc
             except NotSent:
                 pass
-        return await self._call_anywhere(method, params, timeout, deadline, idempotent, refused)
+            return await self._call_anywhere(method, params, timeout, deadline, idempotent, refused, meta, True)
+        return await self._call_anywhere(method, params, timeout, deadline, idempotent, None, meta, False)
+
+    async def _call_hooked(
+        self, method: str, params: Any = ABSENT, *, timeout: Optional[float] = ABSENT,
+        idempotent: Optional[bool] = None, meta: Optional[Mapping[str, str]] = None,
+    ) -> Any:
+        """``call`` of a client with hooks (its ``call``): the hooks are told of the call's start, with the
+        metadata it is to carry, and of its outcome, whatever it is (cancellation too)."""
+        hooks: Hooks = self._hooks  # type: ignore[assignment]
+        sent, states = hooks.started(method, None if meta is None else checked_meta(meta))
+        try:
+            result = await Client.call(self, method, params, timeout=timeout, idempotent=idempotent, meta=sent)
+        except BaseException as exc:
+            hooks.ended(method, states, exc)
+            raise
+        hooks.ended(method, states, None)
+        return result
 
     async def _call_anywhere(self, method: str, params: Any, timeout: Optional[float], deadline: Optional[float],
-                             idempotent: Optional[bool], refused: Optional[ShuttingDown]) -> Any:
+                             idempotent: Optional[bool], refused: Optional[ShuttingDown], meta: Optional[Dict[str, str]],
+                             again: bool) -> Any:
         """``call`` through the balancer, by ``deadline`` (loop time): a connection is chosen (opened if need
         be) and the call is sent again where that is safe: refused unrun, not sent, or lost and idempotent
-        with ``retries``."""
+        with ``retries``. ``again``: an attempt was made already (on the direct path)."""
         loop = self._loop
         endpoints = self._endpoints
         lost = 0
@@ -312,9 +345,11 @@ class Client:
                 left = deadline - loop.time()
                 if left <= 0:
                     raise CallTimeout(f"call to {method!r} timed out after {timeout} s")
+            if again and self._hooks is not None:
+                self._hooks.retried(method)
             endpoint.load += 1
             try:
-                return await link.call(method, params, left, timeout)
+                return await link.call(method, params, left, timeout, meta)
             except NotSent:
                 pass
             except ShuttingDown as exc:
@@ -329,6 +364,7 @@ class Client:
                 lost += 1
             finally:
                 endpoint.load -= 1
+            again = True  # only a failed attempt gets here
         if refused is not None:
             raise refused
         raise ConnectionClosed(f"call to {method!r} found no connection to send it on")
@@ -389,6 +425,8 @@ class Client:
             raise
         finally:
             endpoint.dialing = None
+        if self._hooks is not None:
+            self._watch(link, address_text(endpoint.address))
         if self._closing:
             link.transport.close()  # type: ignore[union-attr]
             raise ConnectionClosed("connection is closed")
@@ -398,6 +436,12 @@ class Client:
         else:
             self._retire(link)  # the endpoint was dropped meanwhile: this call only, then close
         return link
+
+    def _watch(self, link: _ClientProtocol, address: str) -> None:
+        """Tell the hooks that ``link`` opened, and that it closed once it does."""
+        hooks: Hooks = self._hooks  # type: ignore[assignment]
+        hooks.opened(address)
+        link.lost.add_done_callback(lambda _: hooks.closed(address))
 
     def _set_link(self, endpoint: Endpoint, link: Optional[_ClientProtocol]) -> None:
         old = endpoint.link
@@ -576,6 +620,10 @@ class connect:
     idempotent: its method is in ``idempotent``, or it was made with
     ``call(..., idempotent=True)``. Calls that may have run and must not run
     twice fail with ConnectionClosed instead.
+
+    ``hooks`` (``fastrpc.hooks.ClientHook`` instances, for metrics and
+    tracing) are told of every call's start (and may add to its metadata),
+    its outcome and its resends, and of every connection opened and closed.
     """
 
     def __init__(
@@ -595,6 +643,7 @@ class connect:
         idempotent: Iterable[str] = (),
         resolver: Optional[Resolver] = None,
         resolve_interval: Optional[float] = DEFAULT_RESOLVE_INTERVAL,
+        hooks: Sequence[ClientHook] = (),
     ) -> None:
         if max_pending < 1:
             raise ValueError(f"max_pending must be at least 1, got {max_pending!r}")
@@ -605,7 +654,8 @@ class connect:
                                  connect_timeout=connect_timeout, ssl=ssl, server_hostname=server_hostname,
                                  token=token, max_pending=max_pending)
         self._coro = self._open(targets, port, resolver, resolve_interval, dial,
-                                dict(timeout=timeout, retries=check_retries(retries), idempotent=idempotent))
+                                dict(timeout=timeout, retries=check_retries(retries), idempotent=idempotent,
+                                     hooks=hooks))
         self._client: Optional[Client] = None
 
     @staticmethod

@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 from ssl import MemoryBIO, SSLContext, SSLWantReadError, SSLZeroReturnError
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from .auth import AUTH_METHOD
 from .endpoints import (
@@ -33,6 +33,7 @@ from .endpoints import (
     resolve_blocking,
 )
 from .errors import CallTimeout, ConnectionClosed, FastRPCError, FrameTooLarge, ShuttingDown
+from .hooks import ClientHook, Hooks, checked_meta
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
 from .net import address_text, connect_failed, set_nodelay
 from .protocol import ABSENT, ClientConnection
@@ -44,6 +45,9 @@ log = logging.getLogger("fastrpc.client")
 
 #: Times a call refused unrun by draining servers is sent again, beyond one try per endpoint.
 MAX_REFUSALS = 3
+
+#: One call as the client sends it: method, params (or ABSENT), checked metadata (or None).
+_Call = Tuple[str, Any, Optional[Dict[str, str]]]
 
 
 class _Batch:
@@ -164,7 +168,9 @@ class SyncClient:
     ``resolve_interval``), balancing, drain notices, ``retries`` and
     ``idempotent`` work as with ``fastrpc.connect``; ``resolver`` is a plain
     function, and names are resolved again in a short-lived thread, so that a
-    slow resolution holds no call.
+    slow resolution holds no call. ``hooks`` (``fastrpc.hooks.ClientHook``
+    instances) are told of every call, as by ``fastrpc.connect``, in the
+    calling thread.
     """
 
     def __init__(
@@ -183,6 +189,7 @@ class SyncClient:
         idempotent: Iterable[str] = (),
         resolver: Optional[Resolver] = None,
         resolve_interval: Optional[float] = DEFAULT_RESOLVE_INTERVAL,
+        hooks: Sequence[ClientHook] = (),
     ) -> None:
         self.timeout = timeout
         self.retries = check_retries(retries)
@@ -210,6 +217,10 @@ class SyncClient:
         self._lock = threading.Lock()  # guards the endpoints, their loads and links, and _old
         self._resolving = threading.Lock()  # held by the thread resolving names again
         self._closing = False
+        self._hooks: Optional[Hooks] = None
+        if hooks:
+            self._hooks = Hooks(hooks)
+            self._run = self._run_hooked  # type: ignore[method-assign]  # chosen once: calls without hooks pay nothing
         # Open one connection now, so that a wrong address or token shows here and not at the first call.
         self._choose(None)
 
@@ -226,10 +237,12 @@ class SyncClient:
 
     def call(
         self, method: str, params: Any = ABSENT, *, timeout: Optional[float] = ABSENT,
-        idempotent: Optional[bool] = None,
+        idempotent: Optional[bool] = None, meta: Optional[Mapping[str, str]] = None,
     ) -> Any:
-        """Call ``method`` with ``params`` and return its result (see ``Client.call``)."""
-        batch = self._run([(method, params)], timeout, idempotent)
+        """Call ``method`` with ``params`` and return its result (see ``Client.call``, ``meta`` too)."""
+        if meta is not None:
+            meta = checked_meta(meta)
+        batch = self._run([(method, params, meta)], timeout, idempotent)
         if batch.errors[0] is not None:
             raise batch.errors[0]
         return batch.results[0]
@@ -241,6 +254,7 @@ class SyncClient:
         timeout: Optional[float] = ABSENT,
         return_exceptions: bool = False,
         idempotent: Optional[bool] = None,
+        meta: Optional[Mapping[str, str]] = None,
     ) -> List[Any]:
         """Send ``(method, params)`` calls in one write; return their results in order.
 
@@ -250,8 +264,12 @@ class SyncClient:
         in the list, as with ``asyncio.gather``. ``timeout`` bounds the whole
         batch. Calls refused unrun by a draining server, and with ``retries``
         the idempotent calls lost with a connection, are sent again, together.
+        ``meta`` is the metadata of every call of the batch (ValueError, with
+        nothing sent, if it is not valid).
         """
-        batch = self._run([(call[0], call[1] if len(call) > 1 else ABSENT) for call in calls], timeout, idempotent)
+        if meta is not None:
+            meta = checked_meta(meta)
+        batch = self._run([(call[0], call[1] if len(call) > 1 else ABSENT, meta) for call in calls], timeout, idempotent)
         errors = batch.errors
         if not return_exceptions:
             for error in errors:
@@ -274,7 +292,7 @@ class SyncClient:
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
-    def _run(self, calls: Sequence[Tuple[str, Any]], timeout: Optional[float], idempotent: Optional[bool]) -> _Batch:
+    def _run(self, calls: Sequence[_Call], timeout: Optional[float], idempotent: Optional[bool]) -> _Batch:
         if timeout is ABSENT:
             timeout = self.timeout
         now = time.monotonic()
@@ -287,22 +305,40 @@ class SyncClient:
             try:
                 batch = link.run(calls, deadline, timeout)
             except NotSent:
-                pass
-            else:
-                if batch.errors.count(None) == len(calls):
-                    return batch
-                refused = [i for i, error in enumerate(batch.errors) if _refused_unrun(error)]
-                if not refused:
-                    return batch
-                link.drained("refused")  # the notice may still be on its way
-                return self._run_anywhere(calls, timeout, deadline, idempotent, batch, refused)
-        return self._run_anywhere(calls, timeout, deadline, idempotent, _Batch(len(calls)), list(range(len(calls))))
+                return self._run_anywhere(calls, timeout, deadline, idempotent, _Batch(len(calls)),
+                                          list(range(len(calls))), True)
+            if batch.errors.count(None) == len(calls):
+                return batch
+            refused = [i for i, error in enumerate(batch.errors) if _refused_unrun(error)]
+            if not refused:
+                return batch
+            link.drained("refused")  # the notice may still be on its way
+            return self._run_anywhere(calls, timeout, deadline, idempotent, batch, refused, True)
+        return self._run_anywhere(calls, timeout, deadline, idempotent, _Batch(len(calls)), list(range(len(calls))),
+                                  False)
 
-    def _run_anywhere(self, calls: Sequence[Tuple[str, Any]], timeout: Optional[float], deadline: Optional[float],
-                      idempotent: Optional[bool], batch: _Batch, todo: List[int]) -> _Batch:
+    def _run_hooked(self, calls: Sequence[_Call], timeout: Optional[float], idempotent: Optional[bool]) -> _Batch:
+        """``_run`` of a client with hooks (its ``_run``): the hooks are told of each call's start, with the
+        metadata it is to carry, and of its own outcome."""
+        hooks: Hooks = self._hooks  # type: ignore[assignment]
+        started = [hooks.started(method, meta) for method, _, meta in calls]
+        try:
+            batch = SyncClient._run(self, [(method, params, sent) for (method, params, _), (sent, _) in zip(calls, started)],
+                                    timeout, idempotent)
+        except BaseException as exc:  # the batch's CallTimeout, an interrupt: every call ends with it
+            for (method, _, _), (_, states) in zip(calls, started):
+                hooks.ended(method, states, exc)
+            raise
+        for (method, _, _), (_, states), error in zip(calls, started, batch.errors):
+            hooks.ended(method, states, error)
+        return batch
+
+    def _run_anywhere(self, calls: Sequence[_Call], timeout: Optional[float], deadline: Optional[float],
+                      idempotent: Optional[bool], batch: _Batch, todo: List[int], again: bool) -> _Batch:
         """``_run`` through the balancer, by ``deadline``: each attempt sends the calls still ``todo``
         (indices into ``calls``, outcomes into ``batch``) on a chosen connection; refused unrun, not
-        sent, or (with ``retries``) lost and idempotent ones go again."""
+        sent, or (with ``retries``) lost and idempotent ones go again. ``again``: they were tried already
+        (on the direct path)."""
         lost = 0
         for _ in range(len(self._endpoints.all) + self.retries + MAX_REFUSALS):
             try:
@@ -310,6 +346,10 @@ class SyncClient:
             except ConnectionClosed as exc:
                 self._give_up(batch, todo, exc)
                 break
+            if again and self._hooks is not None:
+                for i in todo:
+                    self._hooks.retried(calls[i][0])
+            again = True
             with self._lock:
                 endpoint.load += len(todo)
             try:
@@ -384,6 +424,8 @@ class SyncClient:
                 continue
             finally:
                 endpoint.dialing = None
+            if self._hooks is not None:
+                self._watch(link, address_text(endpoint.address))
             with self._lock:
                 spare = link
                 if not self._closing and endpoint in endpoints.all:
@@ -416,6 +458,12 @@ class SyncClient:
             if deadline is not None and not _remaining(deadline):
                 raise CallTimeout(f"call timed out after {timeout} s connecting to {address_text(endpoint.address)}") from None
             raise
+
+    def _watch(self, link: "_Link", address: str) -> None:
+        """Tell the hooks that ``link`` opened, and that it closed once it does (no other thread has it yet)."""
+        hooks: Hooks = self._hooks  # type: ignore[assignment]
+        hooks.opened(address)
+        link.on_lost = functools.partial(hooks.closed, address)
 
     def _set_link(self, endpoint: Endpoint, link: "Optional[_Link]") -> None:
         """Under ``_lock``: ``link`` is ``endpoint``'s connection; the one it replaces takes no new
@@ -511,10 +559,11 @@ class _Link:
         self.open = True  # takes new calls: neither lost nor drained
         self._has_news = _readable(sock)
         self._core.on_drain = self.drained
+        self.on_lost: Optional[Callable[[], None]] = None  # called once the connection is lost (outside the locks)
         if token is not None:
             deadline = None if connect_timeout is None else time.monotonic() + connect_timeout
             try:
-                batch = self.run([(AUTH_METHOD, token)], deadline, connect_timeout)
+                batch = self.run([(AUTH_METHOD, token, None)], deadline, connect_timeout)
             except CallTimeout as exc:  # a server that takes connections and never answers: unreachable
                 self.close()
                 raise connect_failed(host, port, exc, connect_timeout) from exc
@@ -550,7 +599,7 @@ class _Link:
         with self._send_lock:
             self._sock.close()
 
-    def run(self, calls: Sequence[Tuple[str, Any]], deadline: Optional[float], timeout: Optional[float]) -> _Batch:
+    def run(self, calls: Sequence[_Call], deadline: Optional[float], timeout: Optional[float]) -> _Batch:
         """Send ``calls`` and wait for all their outcomes, by ``deadline`` (``time.monotonic()``;
         ``timeout`` is what a CallTimeout names)."""
         batch = _Batch(len(calls))
@@ -567,7 +616,7 @@ class _Link:
             raise CallTimeout(f"{what} timed out after {timeout} s")
         return batch
 
-    def _send(self, calls: Sequence[Tuple[str, Any]], batch: _Batch, deadline: Optional[float]) -> List[int]:
+    def _send(self, calls: Sequence[_Call], batch: _Batch, deadline: Optional[float]) -> List[int]:
         core = self._core
         with self._send_lock:
             if calls and not core.pending and self._has_news():
@@ -580,8 +629,8 @@ class _Link:
                 keys: List[int] = []
                 try:
                     left = _remaining(deadline)
-                    for index, (method, params) in enumerate(calls):
-                        keys.append(core.request(method, params, (batch, index), deadline=left))
+                    for index, (method, params, meta) in enumerate(calls):
+                        keys.append(core.request(method, params, (batch, index), left, meta))
                 except FrameTooLarge:
                     # Nothing of the batch goes out.
                     core.data_to_send()
@@ -707,3 +756,5 @@ class _Link:
             except OSError:
                 pass
             self._core.close(cause)
+        if self.on_lost is not None:
+            self.on_lost()
