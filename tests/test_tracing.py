@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 import fastrpc
 from fastrpc.tracing import ClientTracing, ServerTracing
 
-from .conftest import RawConnection, demo_server, frame, serving
+from .conftest import RawConnection, demo_server, frame, serving, serving_in_thread
 
 TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C
 PARENT_ID = 0xB7AD6B7169203331
@@ -231,3 +231,115 @@ def test_only_the_tracing_module_imports_opentelemetry() -> None:
               "print(sorted(name for name in sys.modules if name.startswith('opentelemetry')))\n")
     found = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
     assert found.stdout.strip() == "[]"
+
+
+# -- across servers ----------------------------------------------------------------------
+
+def relay_server(spans: Spans, call_b: Any) -> fastrpc.Server:
+    """Server A: ``relay`` passes its call on to server B through ``call_b(method, params)`` and returns
+    B's answer (B's errors raised on as they came)."""
+    server = fastrpc.Server(shutdown_grace=0.5)
+    if asyncio.iscoroutinefunction(call_b):
+        @server.method
+        async def relay(method: str, params: Any) -> Any:
+            return await call_b(method, params)
+    else:
+        @server.method
+        def relay(method: str, params: Any) -> Any:
+            return call_b(method, params)
+    server.use(ServerTracing(spans.provider))
+    return server
+
+
+def check_chain(spans: Spans, ports: Tuple[int, int], method: str = "add") -> List[ReadableSpan]:
+    """The five spans of app -> client -> A -> A's client -> B: one trace, each the parent of the next;
+    returns them in that order."""
+    app = spans.one("app", SpanKind.INTERNAL)
+    client = spans.one("relay", SpanKind.CLIENT)
+    server_a = spans.one("relay", SpanKind.SERVER)
+    client_a = spans.one(method, SpanKind.CLIENT)
+    server_b = spans.one(method, SpanKind.SERVER)
+    chain = [app, client, server_a, client_a, server_b]
+    assert {span.context.trace_id for span in chain} == {app.context.trace_id}
+    for parent, child in zip(chain, chain[1:]):
+        assert child.parent is not None and child.parent.span_id == parent.context.span_id, (parent.name, child.name)
+    assert [span.parent.is_remote for span in chain[1:]] == [False, True, False, True]  # type: ignore[union-attr]
+    assert attributes(client).items() >= {"rpc.system.name": "fastrpc", "rpc.method": "relay"}.items()
+    assert attributes(client_a).items() >= {"rpc.system.name": "fastrpc", "rpc.method": method}.items()
+    for span, port in zip((server_a, server_b), ports):
+        assert attributes(span)["server.port"] == port and attributes(span)["rpc.method"] == span.name
+    assert len(spans.finished()) == 5
+    return chain
+
+
+def test_a_trace_through_two_servers_async(run: Any, spans: Spans) -> None:
+    async def main() -> Tuple[int, int]:
+        async with serving(traced_server(spans)) as port_b, \
+                fastrpc.connect("127.0.0.1", port_b, hooks=[ClientTracing(spans.provider)]) as to_b:
+            async with serving(relay_server(spans, to_b.call)) as port_a, \
+                    fastrpc.connect("127.0.0.1", port_a, hooks=[ClientTracing(spans.provider)]) as client:
+                with spans.provider.get_tracer("app").start_as_current_span("app"):
+                    assert await client.call("relay", ["add", [1, 2]]) == 3
+                ok = spans.finished()
+                spans.exporter.clear()
+                with spans.provider.get_tracer("app").start_as_current_span("app"):
+                    with pytest.raises(fastrpc.RemoteError) as refused:
+                        await client.call("relay", ["refuse", []])
+                    assert refused.value.code == -32010
+                failed = spans.finished()
+                spans.exporter.clear()
+        spans.exporter.export(ok)
+        check_chain(spans, (port_a, port_b))
+        spans.exporter.clear()
+        spans.exporter.export(failed)
+        return port_a, port_b
+
+    ports = run(main())
+    chain = check_chain(spans, ports, "refuse")
+    refused = (StatusCode.ERROR, "not for you", "-32010", "-32010", ())
+    assert [error_of(span) for span in chain[1:]] == [refused] * 4  # A raised B's error on: its caller got it too
+
+
+def test_failed_calls_on_the_client_span(run: Any, spans: Spans) -> None:
+    async def main() -> None:
+        async with serving(traced_server(spans)) as port, \
+                fastrpc.connect("127.0.0.1", port, hooks=[ClientTracing(spans.provider)]) as client:
+            with pytest.raises(fastrpc.InvalidParams):
+                await client.call("add", [1])
+            with pytest.raises(fastrpc.InternalError):
+                await client.call("fail")
+            with pytest.raises(fastrpc.CallTimeout):
+                await client.call("sleep", [5], timeout=0.05)
+
+    run(main())
+    clients = [span for span in spans.finished() if span.kind is SpanKind.CLIENT]
+    assert [error_of(span)[:4] for span in clients[:2]] == [
+        (StatusCode.ERROR, "invalid params for 'add': missing a required argument: 'b'", "INVALID_PARAMS", "INVALID_PARAMS"),
+        (StatusCode.ERROR, "internal error in 'fail': RuntimeError", "INTERNAL_ERROR", "INTERNAL_ERROR")]
+    # Given up by the client (no status code came back), unless the server's timeout error came first.
+    status, description, error_type, status_code, _ = error_of(clients[2])
+    assert status is StatusCode.ERROR and "timed out" in description
+    assert (error_type, status_code) in [("fastrpc.errors.CallTimeout", None), ("TIMEOUT", "TIMEOUT")]
+    for client in clients:  # each server span is its client span's child, and failed alike
+        [server] = [s for s in spans.finished() if s.kind is SpanKind.SERVER and s.parent.span_id == client.context.span_id]
+        assert server.context.trace_id == client.context.trace_id
+
+
+def test_a_trace_through_two_servers_sync(spans: Spans) -> None:
+    """Blocking clients, and a sync handler on A calling B (served by another thread's loop)."""
+    with serving_in_thread(traced_server(spans)) as port_b, \
+            fastrpc.SyncClient("127.0.0.1", port_b, timeout=5.0, hooks=[ClientTracing(spans.provider)]) as to_b, \
+            serving_in_thread(relay_server(spans, to_b.call)) as port_a, \
+            fastrpc.SyncClient("127.0.0.1", port_a, timeout=5.0, hooks=[ClientTracing(spans.provider)]) as client:
+        with spans.provider.get_tracer("app").start_as_current_span("app"):
+            assert client.call("relay", ["add", [1, 2]]) == 3
+        check_chain(spans, (port_a, port_b))
+        spans.exporter.clear()
+        with spans.provider.get_tracer("app").start_as_current_span("app"):
+            with pytest.raises(fastrpc.InternalError):
+                client.call("relay", ["fail", []])
+    chain = check_chain(spans, (port_a, port_b), "fail")
+    server_b = chain[-1]
+    assert error_of(server_b) == (StatusCode.ERROR, "boom", "INTERNAL_ERROR", "INTERNAL_ERROR", ("RuntimeError",))
+    internal = (StatusCode.ERROR, "internal error in 'fail': RuntimeError", "INTERNAL_ERROR", "INTERNAL_ERROR", ())
+    assert [error_of(span) for span in chain[1:4]] == [internal] * 3  # B's error, raised on by A to its caller
