@@ -734,14 +734,14 @@ class _Link:
             if nbytes < 0 or (nbytes == 0 and self._tls is None):
                 self._lost(None)
                 continue
-            with self._state:
-                try:
+            try:
+                with self._state:
                     if self._tls is None:
                         core.buffer_updated(nbytes)
                     elif data:
                         core.receive_data(data)
-                except FastRPCError as exc:
-                    self._lost(exc)
+            except FastRPCError as exc:  # outside the (non-reentrant) lock, which _lost takes
+                self._lost(exc)
         return True
 
     def _lost(self, cause: Optional[BaseException]) -> None:

@@ -27,7 +27,7 @@ from fastrpc.hooks import ClientHook
 from fastrpc import protocol
 from fastrpc.protocol import Method, ServerConnection
 
-from .test_balancing import ALL_KINDS, BOTH_CLIENTS, STEP, Handle, Load, Named, Side, fleet, ran_once, run_side, until
+from .test_balancing import ALL_KINDS, BOTH_CLIENTS, STEP, Handle, Load, Named, RawServer, Side, fleet, ran_once, run_side, until
 from .test_retry import counting_server, proxied
 
 CALLER = contextvars.ContextVar("caller", default="nobody")
@@ -456,5 +456,31 @@ def test_without_hooks_calls_take_the_plain_path(kind: str) -> None:
             assert chosen in vars(hooked) and hooked._hooks is not None
             with pytest.raises(TypeError, match="ClientHook"):
                 await side.connect("127.0.0.1", servers[0].port, hooks=[object()])
+
+    run_side(kind, body)
+
+
+# -- a server that breaks the protocol ---------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_a_connection_closed_for_a_protocol_error_is_told(kind: str) -> None:
+    """The server answers with a frame that is not JSON: the connection is closed, the call ends with the
+    ConnectionClosed its caller gets (the SyncClient hung here, its reader taking a lock it held)."""
+    def garbage(server: RawServer, conn: Any, n: int) -> None:
+        server.read_frame(conn)  # rpc.notices
+        if server.read_frame(conn) is not None:  # the call
+            conn.sendall((5).to_bytes(4, "big") + b"nope!")
+            server.until_closed(conn)
+
+    async def body(side: Side) -> None:
+        with RawServer(garbage) as server:
+            recorder = Recorder()
+            client = await side.connect("127.0.0.1", server.port, hooks=[recorder])
+            error = await raised(client.call("who"))
+            assert isinstance(error, fastrpc.ConnectionClosed) and "not JSON" in str(error)
+            assert recorder.outcomes() == [("who", error)]
+            await until("the connection told closed", lambda: len(recorder.of("closed")) == 1)
+            assert recorder.of("closed") == recorder.of("opened") == [(server.address,)]
+            await close(side, client)
 
     run_side(kind, body)
