@@ -20,6 +20,7 @@ from .errors import (
     ShuttingDown,
     Unauthenticated,
 )
+from .hooks import ClientHook
 from .limits import DEFAULT_MAX_FRAME_SIZE
 from .middleware import CallInfo, Middleware
 from .protocol import metadata
@@ -32,6 +33,7 @@ __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
     "CallInfo",
     "CallTimeout",
+    "ClientHook",
     "Client",
     "ConnectionClosed",
     "DeadlineExceeded",
