@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from .errors import ErrorCode, RemoteError
 from .protocol import Method, failure, metadata
@@ -57,7 +57,11 @@ class CallInfo:
 class Middleware:
     """Subclass and override what you need. ``before`` may raise (a ``RemoteError``
     to choose the error the client gets) to refuse the call; exceptions from
-    ``after`` and ``on_error`` fail the call as an internal error would."""
+    ``after`` and ``on_error`` fail the call as an internal error would.
+
+    Middleware nests in the order added: ``before`` runs first to last, and
+    ``after``, ``on_error`` or ``on_cancel`` (exactly one of them per call and
+    middleware) last to first, each of them even when another raised."""
 
     def before(self, call: CallInfo) -> None:
         """Runs before the handler."""
@@ -72,6 +76,20 @@ class Middleware:
         """Runs when an async handler's call is stopped before it finished (its deadline passed, the
         client cancelled it or went away, the server shut down), instead of ``after`` or ``on_error``.
         It must not raise: the call is being stopped, there is nothing left to fail."""
+
+
+def _tell_all(hooks: Sequence[Callable[..., None]], *args: Any) -> None:
+    """Call every hook, even when one raises: each middleware must see its call end (a span to end, a
+    context to detach); the first exception is raised after the last hook ran."""
+    first: Optional[Exception] = None
+    for hook in hooks:
+        try:
+            hook(*args)
+        except Exception as exc:
+            if first is None:
+                first = exc
+    if first is not None:
+        raise first
 
 
 class HookedMethods:
@@ -105,20 +123,19 @@ class HookedMethods:
                 hook.before(call)
             return time.perf_counter()
 
+        innermost_first = middleware[::-1]
+        on_errors = [hook.on_error for hook in innermost_first]
+        on_cancels = [hook.on_cancel for hook in innermost_first]
+        afters = [hook.after for hook in innermost_first]
+
         def failed(call: CallInfo, exc: BaseException, started: float) -> None:
-            elapsed = time.perf_counter() - started
-            for hook in middleware:
-                hook.on_error(call, exc, elapsed)
+            _tell_all(on_errors, call, exc, time.perf_counter() - started)
 
         def cancelled(call: CallInfo, started: float) -> None:
-            elapsed = time.perf_counter() - started
-            for hook in middleware:
-                hook.on_cancel(call, elapsed)
+            _tell_all(on_cancels, call, time.perf_counter() - started)
 
         def succeeded(call: CallInfo, result: Any, started: float) -> None:
-            elapsed = time.perf_counter() - started
-            for hook in middleware:
-                hook.after(call, result, elapsed)
+            _tell_all(afters, call, result, time.perf_counter() - started)
 
         if method.is_async:
             @functools.wraps(func)  # keeps the signature: bad params are still reported as such

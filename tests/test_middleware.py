@@ -40,11 +40,11 @@ def test_hooks_see_every_call_and_can_refuse(run: Any) -> None:
         async with serving(server) as port, fastrpc.connect("127.0.0.1", port) as client:
             assert await client.call("add", [1, 2]) == 3
             assert log == [("outer", "before", "add", [1, 2], "127.0.0.1"), ("inner", "before", "add", [1, 2], "127.0.0.1"),
-                           ("outer", "after", "add", 3), ("inner", "after", "add", 3)]
+                           ("inner", "after", "add", 3), ("outer", "after", "add", 3)]
             log.clear()
             assert await client.call("sleep", {"seconds": 0.01}) == 0.01  # async handler, keyword params
             assert [entry[:3] for entry in log] == [("outer", "before", "sleep"), ("inner", "before", "sleep"),
-                                                   ("outer", "after", "sleep"), ("inner", "after", "sleep")]
+                                                   ("inner", "after", "sleep"), ("outer", "after", "sleep")]
             assert log[0][3] == {"seconds": 0.01}
             log.clear()
             with pytest.raises(fastrpc.RemoteError, match="not for you") as refused:
@@ -56,7 +56,7 @@ def test_hooks_see_every_call_and_can_refuse(run: Any) -> None:
                 await client.call("add", [1])
             assert ("outer", "error", "add", "TypeError") in log
             assert await client.call("ping", "raw") == "raw"
-            assert log[-2:] == [("outer", "after", "ping", "raw"), ("inner", "after", "ping", "raw")]
+            assert log[-2:] == [("inner", "after", "ping", "raw"), ("outer", "after", "ping", "raw")]
             with pytest.raises(fastrpc.MethodNotFound):
                 await client.call("nope")
 
@@ -86,3 +86,29 @@ def test_wrapping_happens_once_per_method_and_connection() -> None:
     assert view["sleep"].is_async and asyncio.iscoroutinefunction(view["sleep"].func)
     with pytest.raises(KeyError):
         view["nope"]
+
+
+def test_every_middleware_sees_the_call_end_even_when_another_raises(run: Any) -> None:
+    class Broken(fastrpc.Middleware):
+        def after(self, call: fastrpc.CallInfo, result: Any, elapsed: float) -> None:
+            raise ValueError("after failed")
+
+        def on_error(self, call: fastrpc.CallInfo, exc: BaseException, elapsed: float) -> None:
+            raise ValueError("on_error failed")
+
+    async def main() -> None:
+        log: List[Tuple[Any, ...]] = []
+        server = demo_server()
+        server.use(Recorder("outer", log))
+        server.use(Broken())  # between the two: both must still be told, whichever order they end in
+        server.use(Recorder("inner", log))
+        async with serving(server) as port, fastrpc.connect("127.0.0.1", port) as client:
+            with pytest.raises(fastrpc.InternalError):
+                await client.call("add", [1, 2])  # the raising after() fails the call
+            assert sorted(entry for entry in log if entry[1] == "after") == [("inner", "after", "add", 3), ("outer", "after", "add", 3)]
+            log.clear()
+            with pytest.raises(fastrpc.InternalError):
+                await client.call("sleep", {"seconds": "x"})
+            assert sorted(entry[:3] for entry in log if entry[1] == "error") == [("inner", "error", "sleep"), ("outer", "error", "sleep")]
+
+    run(main())
