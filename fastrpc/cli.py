@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import os
 import ssl
 import sys
+import tempfile
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import orjson
@@ -69,6 +71,15 @@ def _serve(args: argparse.Namespace) -> int:
         setattr(server, name, value)
     if args.token_file is not None:
         server.set_tokens(read_tokens(args.token_file))
+    if args.access_log:
+        from .accesslog import AccessLog
+
+        server.use(AccessLog())
+    if args.metrics_port is not None:
+        _need_prometheus_client()
+        server.enable_metrics(port=args.metrics_port, host=args.metrics_host or args.host)
+    if args.metrics_dir is not None:  # a worker of --workers N --metrics-port: its counts go to the supervisor
+        server.enable_metrics(snapshot_dir=args.metrics_dir)
     try:
         run(server, args.host, args.port, loop=args.loop, reuse_port=args.reuse_port, ssl=_tls(args))
     except OSError as exc:  # socket.gaierror too
@@ -77,6 +88,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"fastrpc: {listen_failed(args.host, args.port, exc)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _need_prometheus_client() -> None:
+    if importlib.util.find_spec("prometheus_client") is None:
+        raise SystemExit("fastrpc: --metrics-port needs prometheus_client: pip install 'fastrpc[metrics]'")
 
 
 def read_tokens(path: str) -> List[str]:
@@ -139,9 +155,17 @@ def _serve_workers(args: argparse.Namespace) -> int:
     for flag in ("tls_cert", "tls_key", "tls_ca", "token_file"):
         if getattr(args, flag) is not None:
             command += ["--" + flag.replace("_", "-"), getattr(args, flag)]
+    if args.access_log:
+        command.append("--access-log")
+    metrics: Dict[str, Any] = {}
+    if args.metrics_port is not None:
+        _need_prometheus_client()
+        metrics_dir = tempfile.mkdtemp(prefix="fastrpc-metrics-")  # removed by the supervisor
+        command += ["--metrics-dir", metrics_dir]
+        metrics = dict(metrics_dir=metrics_dir, metrics_at=(args.metrics_host or args.host, args.metrics_port))
     logging.getLogger("fastrpc.workers").info("fastrpc serving on %s:%s with %d workers", args.host, port, args.workers)
     try:
-        return Supervisor(command, args.workers, shutdown_grace=grace).run()
+        return Supervisor(command, args.workers, shutdown_grace=grace, **metrics).run()
     finally:
         reserved.close()
 
@@ -255,6 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="processes sharing the port with SO_REUSEPORT (Linux); the parent restarts any that dies")
     serve.add_argument("--reuse-port", action="store_true",
                        help="bind with SO_REUSEPORT, so that other processes may serve the same port")
+    serve.add_argument("--metrics-port", type=_port, default=None, metavar="PORT",
+                       help="serve Prometheus metrics at http://HOST:PORT/metrics (needs prometheus_client: "
+                            "pip install 'fastrpc[metrics]'); with --workers, the sum over all of them")
+    serve.add_argument("--metrics-host", default=None, metavar="HOST", help="address for --metrics-port (default: --host)")
+    serve.add_argument("--metrics-dir", default=None, help=argparse.SUPPRESS)  # a worker's: where its snapshots go
+    serve.add_argument("--access-log", action="store_true",
+                       help="log one line per call on the fastrpc.access logger (peer, method, code, ms)")
     serve.set_defaults(handler=_serve)
 
     call = commands.add_parser(

@@ -16,7 +16,7 @@ import itertools
 import math
 import traceback
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Container, Deque, Dict, List, Mapping, Optional, Tuple, Union
 
 import orjson
 
@@ -214,18 +214,30 @@ class _Refusing:
     """Stands in for the method registry of a stopping server: every name but
     those kept (the built-ins, such as ``rpc.health``) is a method that
     refuses, before anything runs. The fast path is unchanged; it looks a
-    method up as always and gets this one."""
+    method up as always and gets this one. A name in ``known`` (the server's
+    registry) gets a refusing method of its own name, so that its refusals are
+    counted against it; any other name shares one, named "refused"."""
 
-    __slots__ = ("_kept",)
+    __slots__ = ("_kept", "_known", "_named")
     _method = Method("refused", _refuse, raw_params=True)
 
-    def __init__(self, kept: Mapping[str, Method]) -> None:
+    def __init__(self, kept: Mapping[str, Method], known: Container[str] = ()) -> None:
         self._kept = kept
+        self._known = known
+        self._named: Dict[str, Method] = {}
 
     def __getitem__(self, name: Any) -> Method:
         if type(name) is not str:
             raise TypeError("a method name is a string")  # still an invalid request
-        return self._kept.get(name, self._method)
+        method = self._kept.get(name)
+        if method is not None:
+            return method
+        if name not in self._known:
+            return self._method
+        method = self._named.get(name)
+        if method is None:
+            method = self._named[name] = Method(name, _refuse, raw_params=True)
+        return method
 
 
 _NOTICES_REPLY = Method(NOTICES_METHOD, lambda params: None)  # only its reply prefix is used
@@ -290,11 +302,12 @@ class ServerConnection:
         """Look methods up in ``methods`` (a mapping of names to Method) from now on."""
         self._methods = methods
 
-    def refuse_calls(self, kept: Optional[Mapping[str, Method]] = None) -> None:
+    def refuse_calls(self, kept: Optional[Mapping[str, Method]] = None, known: Container[str] = ()) -> None:
         """Answer every call from now on, but those of the ``kept`` methods, with
         the shutting-down error (the server is stopping); calls already running
-        are not affected."""
-        self._methods = _Refusing({} if kept is None else kept)
+        are not affected. Refusals of ``known`` names are counted (``count_error``)
+        against them, others against no known method."""
+        self._methods = _Refusing({} if kept is None else kept, known)
 
     # -- input ---------------------------------------------------------------
 

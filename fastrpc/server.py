@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import logging
 import math
 import random
@@ -21,6 +22,7 @@ from . import framing
 from .framing import pack_frames
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
 from .auth import TokenGate
+from .metrics import MeteredMethods, MeteredServerConnection, ServerMetrics, server_snapshot, write_snapshot
 from .middleware import HookedMethods, Middleware
 from .net import address_text, set_nodelay
 from .protocol import Call, Method, ServerConnection, encode_error, enter_metadata
@@ -57,6 +59,11 @@ HANG_UP_LINGER = 1.0
 #: A connection's own maximum age is drawn uniformly between (1 - MAX_AGE_JITTER) and 1
 #: times ``max_connection_age``, so that clients connected together do not all reconnect together.
 MAX_AGE_JITTER = 0.1
+
+#: Seconds between the snapshots of its metrics a worker of ``fastrpc serve --workers N`` writes
+#: for the supervisor (also written once more when it has stopped): what a worker killed with
+#: SIGKILL loses of its counts is at most this long's.
+SNAPSHOT_INTERVAL = 0.5
 
 #: Handler failures logged per method and second; more are counted, and the count logged.
 FAILURES_LOGGED_PER_SECOND = 5
@@ -133,6 +140,12 @@ class Server:
         self.max_connection_age_grace = max_connection_age_grace  # None: shutdown_grace
         self.aged_out = 0  # connections retired for reaching max_connection_age
         self.stats = ServerStats()  # errors, cancellations, connections: read by fastrpc.metrics
+        self.metrics: Optional[ServerMetrics] = None  # set by enable_metrics
+        self._metered: Optional[MeteredMethods] = None  # the registry connections look methods up in then
+        self._metrics_at: Optional[Tuple[Optional[str], int]] = None  # (host, port) to serve /metrics on
+        self._metrics_http: Any = None  # a fastrpc.prometheus.MetricsEndpoint once serving
+        self._snapshot_dir: Optional[str] = None
+        self._snapshot_timer: Optional[asyncio.TimerHandle] = None
         self.debug = debug
         self.serving = True  # what rpc.health says while the server is not stopping
         # The built-ins, which a stopping server keeps answering (no application method can share their names).
@@ -189,6 +202,8 @@ class Server:
                 raise ValueError(f"method names starting with {BUILTIN_PREFIX!r} are reserved for fastrpc's built-ins, "
                                  f"got {method_name!r}")
             self.methods[method_name] = Method(method_name, handler, out, raw_params, metadata)
+            if self._metered is not None:
+                self._metered.pop(method_name, None)  # metered again, as registered now, at its next call
             return handler
 
         return register if func is None else register(func)
@@ -210,6 +225,62 @@ class Server:
         if not isinstance(middleware, Middleware):
             raise TypeError(f"middleware must be a fastrpc.Middleware, got {type(middleware).__name__}")
         self.middleware.append(middleware)
+
+    # -- metrics -----------------------------------------------------------------
+
+    def enable_metrics(self, buckets: Optional[Iterable[float]] = None, *, port: Optional[int] = None,
+                       host: Optional[str] = None, snapshot_dir: Optional[str] = None) -> None:
+        """Count calls, their handler times and the bytes and frames moved (``self.metrics``), for
+        ``metrics_snapshot`` and ``fastrpc.prometheus``; call before ``start``.
+
+        ``buckets``: the handling-time histogram's bounds in seconds (default
+        ``fastrpc.metrics.DEFAULT_BUCKETS``; a second call keeps the counts and bounds it has).
+        With ``port`` (0: any free one), ``start`` also serves ``GET /metrics`` in the Prometheus
+        text format from the event loop, on ``host`` (default: the server's own host), until the
+        server has closed; it needs prometheus_client (``pip install fastrpc[metrics]``).
+        With ``snapshot_dir``, the server writes its snapshot there every SNAPSHOT_INTERVAL and
+        once it has closed (``fastrpc serve --workers N``: the supervisor adds them up).
+        Without metrics on, a call costs exactly what it does without this feature."""
+        if self._server is not None:
+            raise RuntimeError("enable_metrics must be called before the server starts")
+        if self.metrics is None or buckets is not None:
+            self.metrics = ServerMetrics() if buckets is None else ServerMetrics(buckets)
+            self._metered = MeteredMethods(self.methods, self.metrics)
+        if port is not None:
+            self._metrics_at = (host, port)
+        if snapshot_dir is not None:
+            self._snapshot_dir = snapshot_dir
+
+    @property
+    def metrics_address(self) -> Optional[Tuple[Any, ...]]:
+        """The address ``/metrics`` is served on, once started (None if it is not)."""
+        if self._metrics_http is None or not self._metrics_http.sockets:
+            return None
+        return tuple(self._metrics_http.sockets[0].getsockname())
+
+    def metrics_snapshot(self) -> Dict[str, Any]:
+        """The server's metrics as plain data (``fastrpc.metrics.FAMILIES``: {"bounds": [...],
+        "families": {name: [[label values], value] or [[label values], bucket counts, sum]}}).
+        Read on the event loop's thread: it walks the connections the loop changes."""
+        if self.metrics is None:
+            raise RuntimeError("metrics are off: call enable_metrics() before start")
+        in_flight: Dict[str, int] = {}
+        frames = self.metrics.received_frames_closed
+        for connection in (*self._connections, *self._ending):
+            frames += connection._core.progress[0]
+            for call in connection._tasks:
+                in_flight[call.method.name] = in_flight.get(call.method.name, 0) + 1
+        return server_snapshot(self.stats, self.metrics, self.methods, in_flight, len(self._connections), frames)
+
+    def _write_snapshot(self, again: bool = True) -> None:
+        """Write the snapshot for the supervisor; ``again``: and the next one SNAPSHOT_INTERVAL later."""
+        assert self._snapshot_dir is not None
+        try:
+            write_snapshot(self._snapshot_dir, self.metrics_snapshot())
+        except OSError as exc:
+            log.warning("cannot write the metrics snapshot to %s: %s", self._snapshot_dir, exc)
+        if again:
+            self._snapshot_timer = asyncio.get_running_loop().call_later(SNAPSHOT_INTERVAL, self._write_snapshot)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -235,14 +306,28 @@ class Server:
         # A TLS handshake is held to the frame timeout too: a client that never
         # finishes one holds a socket that does not count as a connection yet.
         handshake = {} if ssl is None or self.frame_timeout is None else {"ssl_handshake_timeout": self.frame_timeout}
+        connection = _Connection if self.metrics is None else _MeteredConnection
         self._server = await loop.create_server(
-            lambda: _Connection(self), host, port, ssl=ssl, reuse_port=reuse_port or None, backlog=backlog, **handshake
+            lambda: connection(self), host, port, ssl=ssl, reuse_port=reuse_port or None, backlog=backlog, **handshake
         )
         engine = ("TLS, " if ssl is not None else "") + f"framing {framing.IMPLEMENTATION}, loop {_loop_name(loop)}"
         for address in self.addresses:
             log.info("fastrpc listening on %s:%s (%s)", address[0], address[1], engine)
         _warn_if_fallback()
         self._watch()
+        if self._metrics_at is not None:
+            from .prometheus import serve_metrics
+
+            metrics_host, metrics_port = self._metrics_at
+            try:
+                self._metrics_http = await serve_metrics(self, host if metrics_host is None else metrics_host, metrics_port)
+            except BaseException:
+                self.close()
+                raise
+            address = self.metrics_address or ("?", "?")
+            log.info("fastrpc serving metrics on http://%s:%s/metrics", address[0], address[1])
+        if self._snapshot_dir is not None:
+            self._write_snapshot()
 
     def _watch(self) -> None:
         """Every quarter of the shortest timeout, let each connection check its clocks."""
@@ -342,9 +427,13 @@ class Server:
 
     def _check_all_closed(self) -> None:
         if not self._connections and not self._ending:
-            if self._all_closed is not None:
+            if self._all_closed is not None and not self._all_closed.is_set():
                 self._all_closed.set()
-            for timer in (self._stop_timer, self._watchdog):
+                if self._metrics_http is not None:
+                    self._metrics_http.close()
+                if self._snapshot_dir is not None:
+                    self._write_snapshot(again=False)  # the last counts, for the supervisor
+            for timer in (self._stop_timer, self._watchdog, self._snapshot_timer):
                 if timer is not None:
                     timer.cancel()
 
@@ -388,9 +477,14 @@ class _Connection(asyncio.BufferedProtocol):
 
     def __init__(self, server: Server) -> None:
         self._server = server
-        self._core = core = ServerConnection(server.methods, self._spawn, cancel=self._cancel_by_id,
-                                             report=self._handler_failed, count_error=server.stats.count_error,
-                                             max_frame_size=server.max_frame_size, debug=server.debug)
+        options = dict(cancel=self._cancel_by_id, report=self._handler_failed, count_error=server.stats.count_error,
+                       max_frame_size=server.max_frame_size, debug=server.debug)
+        core: ServerConnection
+        if server.metrics is None:
+            core = ServerConnection(server.methods, self._spawn, **options)  # type: ignore[arg-type]
+        else:
+            core = MeteredServerConnection(server.metrics.io, server._metered, self._spawn, **options)
+        self._core = core
         # The transport looks get_buffer up once, before connection_made:
         # binding the core's own method here spares a Python call per read.
         self.get_buffer = core.get_buffer  # type: ignore[method-assign]
@@ -426,12 +520,15 @@ class _Connection(asyncio.BufferedProtocol):
             return
         server.stats.connections_opened += 1
         core = self._core
-        methods: Mapping[str, Method] = server.methods
+        registry: Mapping[str, Method] = server.methods if server.metrics is None else server._metered  # type: ignore[assignment]
+        methods = registry
         if server.middleware:
-            methods = HookedMethods(methods, server.middleware, self._peer, transport.get_extra_info("sockname"))
+            methods = HookedMethods(server.methods, server.middleware, self._peer, transport.get_extra_info("sockname"))
+            if server.metrics is not None:  # timed around the middleware: a call it fails is not also counted OK
+                methods = MeteredMethods(methods, server.metrics)
         if server.tokens:
             core.use_methods(TokenGate(server.tokens, methods, core.use_methods, self._auth_failed))
-        elif methods is not server.methods:
+        elif methods is not registry:
             core.use_methods(methods)
         log.debug("connection from %s opened", address_text(self._peer))
         if server.closing:
@@ -464,9 +561,17 @@ class _Connection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         self._state = CLOSED
         self._cancel_timers()
-        for task in self._tasks.values():
+        server = self._server
+        for call, task in list(self._tasks.items()):
             task.cancel()
-        self._server._forget(self)
+            if task.done() or inspect.getcoroutinestate(task.get_coro()) == inspect.CORO_CREATED:
+                # Cancelled before its first step (now, or by end()): _run never runs, to count and forget it.
+                server.stats.count_error(call.method.name, CANCELLED)
+                del self._tasks[call]
+                call.coro.close()  # never awaited, never to be
+        if server.metrics is not None:
+            server.metrics.received_frames_closed += self._core.progress[0]
+        server._forget(self)
         log.debug("connection from %s closed%s", address_text(self._peer), f": {exc}" if exc else "")
 
     def _handler_failed(self, method: Method, exc: BaseException) -> None:
@@ -478,8 +583,14 @@ class _Connection(asyncio.BufferedProtocol):
 
     def _hang_up(self, code: int, message: str) -> None:
         """Send one error frame, then end the connection."""
-        self._server.stats.count_error(None, code)
-        self._transport.write(pack_frames([encode_error(code, message)]))
+        server = self._server
+        server.stats.count_error(None, code)
+        data = pack_frames([encode_error(code, message)])
+        if server.metrics is not None:
+            io = server.metrics.io
+            io[1] += len(data)
+            io[2] += 1
+        self._transport.write(data)
         self.end()
 
     def _done(self) -> bool:
@@ -590,7 +701,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._state = DRAINING
         self._drain_until = self._loop.time() + DRAIN_LIMIT
         core = self._core
-        core.refuse_calls(self._server._builtins)
+        core.refuse_calls(self._server._builtins, self._server.methods)
         if core.drain_notice(reason) and not self._done():
             self._transport.write(core.data_to_send())  # at once: ahead of the replies still owed
         self._close_when_quiet()
@@ -708,6 +819,23 @@ class _Connection(asyncio.BufferedProtocol):
         if data:
             self._transport.write(data)
         if self._eof and not self._tasks:
+            self.end()
+        elif self._state is DRAINING:
+            self._close_when_quiet()
+
+
+class _MeteredConnection(_Connection):
+    """A connection of a server with metrics on: counts the bytes it reads (its core, a
+    MeteredServerConnection, counts what it writes)."""
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # _Connection.buffer_updated with the count in it: calling it from here would cost a Python call per read.
+        core = self._core
+        core._io[0] += nbytes  # type: ignore[attr-defined]
+        data = core.buffer_updated(nbytes)
+        if data:
+            self._transport.write(data)
+        if core.closing:
             self.end()
         elif self._state is DRAINING:
             self._close_when_quiet()

@@ -4,18 +4,30 @@ Each worker is a ``fastrpc serve --reuse-port`` process; the kernel spreads
 new connections over their listening sockets (SO_REUSEPORT, Linux). The
 parent only supervises: it restarts a worker that dies, and passes SIGTERM
 and SIGINT on to all of them.
+
+With ``--metrics-port`` the parent also serves ``/metrics`` for the whole
+family: each worker writes a snapshot of its counts to a directory the parent
+made (``Server.enable_metrics(snapshot_dir=...)``, every SNAPSHOT_INTERVAL and
+once more when it stops), and a scrape adds them up. The last snapshot of a
+worker that died is kept in the totals; so a worker killed with SIGKILL loses
+only what it counted since its last snapshot (at most SNAPSHOT_INTERVAL's).
 """
 
 from __future__ import annotations
 
+import glob
 import logging
+import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from .metrics import Snapshot, merge, read_snapshot
 from .net import listen_failed
 
 log = logging.getLogger("fastrpc.workers")
@@ -62,9 +74,16 @@ def _die_with_parent() -> None:
 class Supervisor:
     """Keeps ``count`` copies of ``command`` running until told to stop."""
 
-    def __init__(self, command: List[str], count: int, *, shutdown_grace: float = 30.0) -> None:
+    def __init__(self, command: List[str], count: int, *, shutdown_grace: float = 30.0,
+                 metrics_dir: Optional[str] = None, metrics_at: Optional[Tuple[str, int]] = None) -> None:
+        """With ``metrics_dir`` (where the workers write their snapshots) and ``metrics_at``
+        ((host, port)), serve their sum at /metrics; the directory is removed on return from ``run``."""
         self.command = command
         self.count = count
+        self.metrics_dir = metrics_dir
+        self.metrics_at = metrics_at
+        self._carried: Snapshot = {"bounds": [], "families": {}}  # the counts of workers that exited
+        self._metrics_lock = threading.Lock()  # scrapes come from the HTTP thread
         self.stop_timeout = shutdown_grace + STOP_MARGIN
         self.workers: Dict[int, subprocess.Popen[bytes]] = {}  # slot -> process
         self._started: Dict[int, float] = {}
@@ -77,7 +96,14 @@ class Supervisor:
         previous: Dict[int, Any] = {}
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.signal(signum, self._on_signal)
+        http = None
         try:
+            if self.metrics_at is not None and self.metrics_dir is not None:
+                from .prometheus import serve_metrics_in_thread
+
+                host, port = self.metrics_at
+                http = serve_metrics_in_thread(self.metrics_snapshot, host, port)
+                log.info("fastrpc serving metrics of all workers on http://%s:%s/metrics", host, http[0].server_address[1])
             for slot in range(self.count):
                 self._start(slot)
             log.info("fastrpc supervising %d workers: pids %s", self.count, self.pids())
@@ -88,6 +114,34 @@ class Supervisor:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+            if http is not None:
+                http[0].shutdown()
+                http[0].server_close()
+                http[1].join()
+            if self.metrics_dir is not None:
+                shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+    def metrics_snapshot(self) -> Snapshot:
+        """Counters and histograms summed over every worker that ever ran, gauges over those running."""
+        assert self.metrics_dir is not None
+        with self._metrics_lock:
+            running = [s for s in map(read_snapshot, sorted(glob.glob(os.path.join(self.metrics_dir, "*.json")))) if s]
+            return merge([self._carried, *running], running)
+
+    def _carry(self, pid: int) -> None:
+        """Worker ``pid`` exited: keep its last counts, and drop its file (a new worker may get its pid)."""
+        if self.metrics_dir is None:
+            return
+        path = os.path.join(self.metrics_dir, f"{pid}.json")
+        with self._metrics_lock:
+            last = read_snapshot(path)
+            if last is not None:
+                self._carried = merge([self._carried, last], [])
+            for leftover in (path, path + ".tmp"):
+                try:
+                    os.unlink(leftover)
+                except FileNotFoundError:
+                    pass
 
     def pids(self) -> List[int]:
         return [proc.pid for proc in self.workers.values()]
@@ -109,6 +163,7 @@ class Supervisor:
                 if status is None:
                     continue
                 del self.workers[slot]
+                self._carry(proc.pid)
                 # A worker that dies at once (a broken app, a port taken)
                 # would otherwise be restarted in a tight loop.
                 lived = now - self._started[slot]

@@ -395,3 +395,23 @@ def test_serve_workers(tmp_path: Path) -> None:
             time.sleep(0.05)
         assert not any(alive(pid) for pid in (survivor, *replacement))
         assert "with 2 workers" in proc.stderr.read()
+
+
+def test_serve_access_log(tmp_path: Path) -> None:
+    port = free_port()
+    for proc in serve(["--port", str(port), "--access-log"], tmp_path):
+        assert json.loads(call(port, b'{"in": "add", "params": [1, 2], "id": 1}'))["result"] == 3
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        lines = [line for line in proc.stderr.read().splitlines() if "fastrpc.access" in line]
+        assert len(lines) == 1 and re.search(r"peer=127\.0\.0\.1:\d+ method=add code=OK ms=\d+\.\d{3}$", lines[0]), lines
+
+
+def test_serve_metrics_options_reach_the_workers_and_need_prometheus_client(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "fastrpc", "serve", "--help"], capture_output=True, text=True, timeout=30)
+    assert "--metrics-port" in out.stdout and "--metrics-host" in out.stdout and "--metrics-dir" not in out.stdout
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['prometheus_client'] = None\n")
+    for extra in ([], ["--workers", "2"]):
+        out = subprocess.run([sys.executable, "-m", "fastrpc", "serve", "--port", "0", "--metrics-port", "0", *extra],
+                             capture_output=True, text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+        assert out.returncode == 1 and "pip install 'fastrpc[metrics]'" in out.stderr, out.stderr
