@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
@@ -27,6 +28,8 @@ from .errors import ErrorCode, RemoteError
 from .protocol import Method, failure, metadata
 
 __all__ = ["CallInfo", "Middleware", "HookedMethods"]
+
+log = logging.getLogger("fastrpc.server")
 
 
 class CallInfo:
@@ -75,7 +78,7 @@ class Middleware:
     def on_cancel(self, call: CallInfo, elapsed: float) -> None:
         """Runs when an async handler's call is stopped before it finished (its deadline passed, the
         client cancelled it or went away, the server shut down), instead of ``after`` or ``on_error``.
-        It must not raise: the call is being stopped, there is nothing left to fail."""
+        What it raises is logged, and the call stays stopped (no reply is sent for it)."""
 
 
 def _tell_all(hooks: Sequence[Callable[..., None]], *args: Any) -> None:
@@ -145,10 +148,13 @@ class HookedMethods:
                 try:
                     started = before(call)
                     result = await func(*args, **kwargs)
-                except asyncio.CancelledError:  # not an Exception: middleware that began something (a span) ends it
-                    cancelled(call, started)
+                except asyncio.CancelledError:  # middleware that began something (a span) ends it
+                    try:
+                        cancelled(call, started)
+                    except Exception:  # the call stays stopped: a reply now would answer a call its client gave up
+                        log.exception("middleware failed on a cancelled call of %r", name)
                     raise
-                except Exception as exc:
+                except BaseException as exc:  # SystemExit too: the core answers it as an internal error
                     failed(call, exc, started)
                     raise
                 succeeded(call, result, started)
@@ -161,7 +167,7 @@ class HookedMethods:
                 try:
                     started = before(call)
                     result = func(*args, **kwargs)
-                except Exception as exc:
+                except BaseException as exc:  # SystemExit too: the core answers it as an internal error
                     failed(call, exc, started)
                     raise
                 succeeded(call, result, started)

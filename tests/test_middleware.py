@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, List, Tuple
 
+import orjson
 import pytest
 
 import fastrpc
@@ -110,5 +111,45 @@ def test_every_middleware_sees_the_call_end_even_when_another_raises(run: Any) -
             with pytest.raises(fastrpc.InternalError):
                 await client.call("sleep", {"seconds": "x"})
             assert sorted(entry[:3] for entry in log if entry[1] == "error") == [("inner", "error", "sleep"), ("outer", "error", "sleep")]
+
+    run(main())
+
+
+def test_a_handler_raising_system_exit_is_still_told_to_middleware(run: Any) -> None:
+    async def main() -> None:
+        log: List[Tuple[Any, ...]] = []
+        server = demo_server()
+
+        @server.method
+        def leave() -> None:
+            raise SystemExit(3)
+
+        server.use(Recorder("outer", log))
+        async with serving(server) as port, fastrpc.connect("127.0.0.1", port) as client:
+            with pytest.raises(fastrpc.InternalError):
+                await client.call("leave")
+            assert log[-1] == ("outer", "error", "leave", "SystemExit")  # a span ended, a context detached
+
+    run(main())
+
+
+def test_a_raising_on_cancel_leaves_a_stopped_call_stopped(run: Any) -> None:
+    class BrokenCancel(fastrpc.Middleware):
+        def on_cancel(self, call: fastrpc.CallInfo, elapsed: float) -> None:
+            raise ValueError("on_cancel failed")
+
+    async def main() -> None:
+        server = demo_server()
+        server.use(BrokenCancel())
+        async with serving(server) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                body = b'{"in": "nap", "params": [5, 1], "deadline": 50, "id": 1}'
+                writer.write(len(body).to_bytes(4, "big") + body)
+                header = await asyncio.wait_for(reader.readexactly(4), 10)
+                reply = orjson.loads(await asyncio.wait_for(reader.readexactly(int.from_bytes(header, "big")), 10))
+                assert reply["error"]["code"] == fastrpc.ErrorCode.TIMEOUT  # not the internal error on_cancel raised
+            finally:
+                writer.close()
 
     run(main())
