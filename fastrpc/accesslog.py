@@ -20,14 +20,13 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
-from .errors import ErrorCode
+from .errors import code_name
 from .middleware import CallInfo, Middleware
 from .net import address_text
 from .server import remaining
 
 __all__ = ["AccessLog"]
 
-_CODE_NAMES = {int(code): code.name for code in ErrorCode}
 _FORMAT = "peer=%s method=%s code=%s ms=%.3f"
 
 
@@ -46,7 +45,7 @@ class AccessLog(Middleware):
 
     def on_error(self, call: CallInfo, exc: BaseException, elapsed: float) -> None:
         code = call.error_code(exc)
-        self._log(call, _CODE_NAMES.get(code) or str(code), elapsed)
+        self._log(call, code_name(code), elapsed)
 
     def on_cancel(self, call: CallInfo, elapsed: float) -> None:
         self._log(call, "TIMEOUT" if remaining() == 0 else "CANCELLED", elapsed)

@@ -13,6 +13,7 @@ from typing import Any, Dict, Type
 
 __all__ = [
     "ErrorCode",
+    "code_name",
     "FastRPCError",
     "ProtocolError",
     "FrameTooLarge",
@@ -45,6 +46,15 @@ class ErrorCode(enum.IntEnum):
     SHUTTING_DOWN = -32002
     TIMEOUT = -32003
     UNAUTHENTICATED = -32004
+
+
+_CODE_NAMES = {int(code): code.name for code in ErrorCode}
+
+
+def code_name(code: int) -> str:
+    """How metrics, traces and logs name an error code: its ErrorCode name (INVALID_PARAMS, ...), else
+    the number (an application's own code)."""
+    return _CODE_NAMES.get(int(code)) or str(int(code))
 
 
 class FastRPCError(Exception):

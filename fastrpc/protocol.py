@@ -14,6 +14,7 @@ import contextvars
 import inspect
 import itertools
 import math
+import reprlib
 import traceback
 from collections import deque
 from typing import Any, Callable, Container, Deque, Dict, List, Mapping, Optional, Tuple, Union
@@ -101,8 +102,10 @@ def metadata_problem(meta: Any) -> Optional[str]:
         return f"'meta' has {len(meta)} entries; the most allowed is {META_MAX_ENTRIES}"
     size = 0
     for key, value in meta.items():
-        if type(key) is not str or type(value) is not str:
-            return f"'meta' must be an object of string values; {key!r} is {type(value).__name__}"
+        if type(key) is not str:
+            return f"'meta' keys must be strings, got {type(key).__name__}"
+        if type(value) is not str:
+            return f"'meta' must be an object of string values; {reprlib.repr(key)} is {type(value).__name__}"
         size += len(key.encode()) + len(value.encode())
     if size > META_MAX_BYTES:
         return f"'meta' is {size} bytes of keys and values; the most allowed is {META_MAX_BYTES}"
@@ -290,7 +293,6 @@ class ServerConnection:
         self._fresh = True  # nothing received yet: a text probe is possible
         self.closing = False
         self.notices = False  # the peer asked for notices (rpc.notices)
-        self._meta: Dict[str, str] = {}  # the metadata of the last async context call, for its Call
 
     @property
     def progress(self) -> Tuple[int, int]:
@@ -383,7 +385,9 @@ class ServerConnection:
             if rid is None:
                 slot = [None]
                 self._slots.append(slot)
-            if self._spawn(Call(method, rid, slot, result, params, deadline, self._meta if method.context else None)):
+            # A context method's metadata, checked by _call_in_context, goes with its call to the task.
+            meta = (request.get("meta") or {}) if method.context else None
+            if self._spawn(Call(method, rid, slot, result, params, deadline, meta)):
                 raise _Hold  # at the limit of calls in flight: leave the next frames buffered
         elif rid is None and self._slots:
             self._slots.append([self._result_body(method, result, rid)])
@@ -400,7 +404,6 @@ class ServerConnection:
             if problem is not None:
                 raise InvalidRequest(f"invalid request: {problem}")
         if method.is_async:  # its coroutine runs later, in a task: Call.meta takes the metadata there
-            self._meta = meta
             return _invoke(method.func, params, method.raw_params)
         token = _METADATA.set(meta)
         try:

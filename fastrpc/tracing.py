@@ -28,7 +28,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from . import __version__
-from .errors import ErrorCode, RemoteError
+from .errors import ErrorCode, RemoteError, code_name
 from .hooks import ClientHook
 from .middleware import CallInfo, Middleware
 from .server import remaining
@@ -40,16 +40,11 @@ __all__ = ["ServerTracing", "ClientTracing"]
 SCHEMA_URL = "https://opentelemetry.io/schemas/1.44.0"
 SYSTEM = "fastrpc"
 
-_CODE_NAMES = {int(code): code.name for code in ErrorCode}
 _EMPTY = Context()  # a server span's parent is what the call carried, never what happens to be current in the server
 
 
 def _tracer(tracer_provider: Optional[trace.TracerProvider]) -> trace.Tracer:
     return trace.get_tracer("fastrpc", __version__, tracer_provider=tracer_provider, schema_url=SCHEMA_URL)
-
-
-def _code_text(code: int) -> str:
-    return _CODE_NAMES.get(int(code)) or str(int(code))
 
 
 def _fail(span: Span, error_type: str, description: str, status_code: Optional[str]) -> None:
@@ -110,7 +105,7 @@ class ServerTracing(Middleware):
         if span is None:  # refused by a middleware added before this one: the call still gets its span
             span = self._start(call, time.time_ns() - int(elapsed * 1e9))
         code = call.error_code(exc)
-        text = _code_text(code)
+        text = code_name(code)
         _fail(span, text, _message(exc), text)
         if code == ErrorCode.INTERNAL_ERROR and not isinstance(exc, RemoteError):
             span.record_exception(exc)  # a handler's bug: the traceback belongs on the span; chosen errors do not
@@ -121,7 +116,7 @@ class ServerTracing(Middleware):
         if span is None:
             return
         if remaining() == 0:  # its deadline passed: the client is answered with the timeout error
-            text = _code_text(ErrorCode.TIMEOUT)
+            text = code_name(ErrorCode.TIMEOUT)
             _fail(span, text, "the call's deadline passed", text)
         else:
             _fail(span, "CANCELLED", "stopped before it finished: cancelled by the client, connection lost "
@@ -146,7 +141,7 @@ class ClientTracing(ClientHook):
     def call_ended(self, method: str, state: Span, error: Optional[BaseException]) -> None:
         if error is not None:
             if isinstance(error, RemoteError):
-                text = _code_text(error.code)
+                text = code_name(error.code)
                 _fail(state, text, error.message, text)
             else:  # nothing came back (a timeout, a lost connection): the exception's class says what happened
                 kind = type(error)
