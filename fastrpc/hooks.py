@@ -46,10 +46,11 @@ class ClientHook:
 
     def call_retried(self, method: str) -> None:
         """A call is sent again (to another connection or endpoint) after an attempt failed: its connection
-        was lost (``retries``), or drained or refused it unrun."""
+        was lost (``retries``), drained or refused it unrun, or closed before the call could be written."""
 
     def connection_opened(self, address: str) -> None:
-        """A connection to ``address`` ("host:port") opened (authenticated, if tokens are used)."""
+        """A connection to ``address`` ("host:port") opened (authenticated, if tokens are used). This and
+        ``connection_closed`` may run while the client holds its own locks: they must not call the client."""
 
     def connection_closed(self, address: str) -> None:
         """A connection that ``connection_opened`` reported closed."""

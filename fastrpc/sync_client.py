@@ -559,7 +559,7 @@ class _Link:
         self.open = True  # takes new calls: neither lost nor drained
         self._has_news = _readable(sock)
         self._core.on_drain = self.drained
-        self.on_lost: Optional[Callable[[], None]] = None  # called once the connection is lost (outside the locks)
+        self.on_lost: Optional[Callable[[], None]] = None  # called once the connection is lost (perhaps under the client's locks)
         if token is not None:
             deadline = None if connect_timeout is None else time.monotonic() + connect_timeout
             try:
