@@ -306,26 +306,28 @@ class Server:
         # A TLS handshake is held to the frame timeout too: a client that never
         # finishes one holds a socket that does not count as a connection yet.
         handshake = {} if ssl is None or self.frame_timeout is None else {"ssl_handshake_timeout": self.frame_timeout}
+        if self._metrics_at is not None:  # first: once the server answers, so does /metrics
+            from .prometheus import serve_metrics
+
+            metrics_host, metrics_port = self._metrics_at
+            self._metrics_http = await serve_metrics(self, host if metrics_host is None else metrics_host, metrics_port)
+            address = self.metrics_address or ("?", "?")
+            log.info("fastrpc serving metrics on http://%s:%s/metrics", address[0], address[1])
         connection = _Connection if self.metrics is None else _MeteredConnection
-        self._server = await loop.create_server(
-            lambda: connection(self), host, port, ssl=ssl, reuse_port=reuse_port or None, backlog=backlog, **handshake
-        )
+        try:
+            self._server = await loop.create_server(
+                lambda: connection(self), host, port, ssl=ssl, reuse_port=reuse_port or None, backlog=backlog, **handshake
+            )
+        except BaseException:
+            if self._metrics_http is not None:
+                self._metrics_http.close()
+                self._metrics_http = None
+            raise
         engine = ("TLS, " if ssl is not None else "") + f"framing {framing.IMPLEMENTATION}, loop {_loop_name(loop)}"
         for address in self.addresses:
             log.info("fastrpc listening on %s:%s (%s)", address[0], address[1], engine)
         _warn_if_fallback()
         self._watch()
-        if self._metrics_at is not None:
-            from .prometheus import serve_metrics
-
-            metrics_host, metrics_port = self._metrics_at
-            try:
-                self._metrics_http = await serve_metrics(self, host if metrics_host is None else metrics_host, metrics_port)
-            except BaseException:
-                self.close()
-                raise
-            address = self.metrics_address or ("?", "?")
-            log.info("fastrpc serving metrics on http://%s:%s/metrics", address[0], address[1])
         if self._snapshot_dir is not None:
             self._write_snapshot()
 
@@ -826,12 +828,19 @@ class _Connection(asyncio.BufferedProtocol):
 
 class _MeteredConnection(_Connection):
     """A connection of a server with metrics on: counts the bytes it reads (its core, a
-    MeteredServerConnection, counts what it writes)."""
+    MeteredServerConnection, counts what it writes), and marks when it hands a read in, which
+    the sync handlers of that read are timed from (fastrpc.metrics.meter)."""
+
+    def __init__(self, server: Server) -> None:
+        super().__init__(server)
+        metrics: ServerMetrics = server.metrics  # type: ignore[assignment]
+        self._io, self._mark = metrics.io, metrics.mark
 
     def buffer_updated(self, nbytes: int) -> None:
-        # _Connection.buffer_updated with the count in it: calling it from here would cost a Python call per read.
+        # _Connection.buffer_updated with the count and the mark in it: calling it from here would cost a Python call per read.
+        self._io[0] += nbytes
+        self._mark[0] = _clock()
         core = self._core
-        core._io[0] += nbytes  # type: ignore[attr-defined]
         data = core.buffer_updated(nbytes)
         if data:
             self._transport.write(data)
@@ -841,6 +850,7 @@ class _MeteredConnection(_Connection):
             self._close_when_quiet()
 
 
+_clock = time.perf_counter
 _NO_REPLY = ShuttingDown("cancelled by the client")  # a marker: the client asked for no reply
 _DEADLINE: "contextvars.ContextVar[Optional[float]]" = contextvars.ContextVar("fastrpc_deadline", default=None)
 
