@@ -9,7 +9,8 @@ after round (the order reversed every other round), with bench/compare.py's mach
 generator pinned to CPU 1, server CPU from /proc over exactly the measured requests): short
 alternating windows, so that the drift of a shared machine falls on both alike. Reported: medians,
 ranges and the per-round ratios on/off.
-``--instructions`` adds user-space instructions per request (bench/instructions.py's method:
+``--core`` adds the core alone timed in this process (user space only: the wrapper's share, steadier
+than the servers' figures); ``--instructions`` adds user-space instructions per request (bench/instructions.py's method:
 callgrind, one connection, one request outstanding) for both, deterministic where timings are not.
 
     python bench/metrics.py                          # 15 rounds of 1 s per scenario, about 2 minutes
@@ -20,12 +21,13 @@ callgrind, one connection, one request outstanding) for both, deterministic wher
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 from typing import Dict, List, Optional
 
 import instructions
-from compare import HOST, PY, Running, Scenario, ServerSpec, drive, machine
+from compare import HOST, PY, SERVER_CPU, Running, Scenario, ServerSpec, drive, machine
 
 SCENARIOS = [Scenario("50x1", 50, 1), Scenario("10x64", 10, 64)]
 BUDGET = {"50x1": 1.05, "10x64": 1.15}
@@ -62,7 +64,37 @@ def rounds(count: int, duration: float, warmup: float) -> Dict[str, Dict[str, Li
     return cpu
 
 
-def report(cpu: Dict[str, Dict[str, List[float]]], counts: Optional[Dict[str, float]], settings: str, command: str) -> str:
+def core_ns(metered: bool, repeat: int = 25) -> float:
+    """User-space ns per request of the server's core alone, in this process: a read of 64 pipelined
+    pings handed to a ServerConnection (or, ``metered``, a MeteredServerConnection with its metered
+    registry and the read counted and marked as _MeteredConnection does); the best of ``repeat``."""
+    import time
+    import timeit
+
+    from fastrpc.framing import pack_frames
+    from fastrpc.metrics import MeteredMethods, MeteredServerConnection, ServerMetrics
+    from fastrpc.protocol import Method, ServerConnection
+
+    methods = {"ping": Method("ping", lambda params: params, out="pong", raw_params=True)}
+    batch = pack_frames([b'{"in":"ping","params":"sha params"}'] * 64)
+    if not metered:
+        core = ServerConnection(methods, lambda call: False)
+        run = lambda: core.receive_data(batch)  # noqa: E731
+    else:
+        metrics = ServerMetrics()
+        io, mark, clock = metrics.io, metrics.mark, time.perf_counter
+        core = MeteredServerConnection(io, MeteredMethods(methods, metrics), lambda call: False)
+
+        def run() -> None:
+            io[0] += len(batch)
+            mark[0] = clock()
+            core.receive_data(batch)
+
+    return min(timeit.repeat(run, number=1000, repeat=repeat)) / 1000 / 64 * 1e9
+
+
+def report(cpu: Dict[str, Dict[str, List[float]]], counts: Optional[Dict[str, float]], core: Optional[Dict[str, float]],
+           settings: str, command: str) -> str:
     info = machine()
     lines = [f"Command: `{command}`", "",
              f"Machine: {info['cpu']}, {info['cpus']} CPUs, {info['system']}, Python {info['python']}, "
@@ -78,6 +110,9 @@ def report(cpu: Dict[str, Dict[str, List[float]]], counts: Optional[Dict[str, fl
         lines.append(f"| {scenario.name} | {statistics.median(off):.2f} ({min(off):.2f}-{max(off):.2f}) | "
                      f"{statistics.median(on):.2f} ({min(on):.2f}-{max(on):.2f}) | {ratio:.3f} | {per_round} | "
                      f"{budget:.2f}: {'met' if ratio <= budget else 'missed'} |")
+    if core:
+        lines += ["", "The core alone, in-process (64 pipelined pings per read, best of 25; ns per request): "
+                  f"off {core['off']:.0f}, on {core['on']:.0f} ({core['on'] / core['off'] - 1:+.1%})."]
     if counts:
         lines += ["", "User-space instructions per request (callgrind, one connection, one request outstanding):", ""]
         lines += [f"- metrics {name}: {value:,.0f}" for name, value in counts.items()]
@@ -95,6 +130,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--instructions", action="store_true", help="also count instructions per request (valgrind)")
     parser.add_argument("--base", type=int, default=2000, help="callgrind: requests of the shorter run")
     parser.add_argument("--requests", type=int, default=10000, help="callgrind: extra requests of the longer run")
+    parser.add_argument("--core", action="store_true", help="also time the core alone, in this process")
     parser.add_argument("--output", help="also write the report to this file")
     args = parser.parse_args(argv)
     if args.quick:
@@ -109,7 +145,16 @@ def main(argv: Optional[List[str]] = None) -> int:
             log(f"metrics {name}: {counts[name]:,.0f} instructions/request")
     settings = f"{args.rounds} rounds per scenario, each {args.warmup:g} s warmup and {args.duration:g} s measured per server"
     command = "python bench/metrics.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
-    text = report(cpu, counts, settings, command)
+    core: Dict[str, float] = {}
+    if args.core:
+        if hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, {SERVER_CPU})
+        for _ in range(3):  # alternately, the best of each
+            for name in ("off", "on"):
+                figure = core_ns(name == "on")
+                core[name] = min(core.get(name, figure), figure)
+        log(f"core alone: off {core['off']:.0f}, on {core['on']:.0f} ns/request")
+    text = report(cpu, counts, core, settings, command)
     sys.stdout.write(text)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
