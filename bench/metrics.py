@@ -67,8 +67,7 @@ def rounds(count: int, duration: float, warmup: float) -> Dict[str, Dict[str, Li
 def core_ns(metered: bool, repeat: int = 25) -> float:
     """User-space ns per request of the server's core alone, in this process: a read of 64 pipelined
     pings handed to a ServerConnection (or, ``metered``, a MeteredServerConnection with its metered
-    registry and the read counted and marked as _MeteredConnection does); the best of ``repeat``."""
-    import time
+    registry and the read counted as _MeteredConnection does); the best of ``repeat``."""
     import timeit
 
     from fastrpc.framing import pack_frames
@@ -82,12 +81,11 @@ def core_ns(metered: bool, repeat: int = 25) -> float:
         run = lambda: core.receive_data(batch)  # noqa: E731
     else:
         metrics = ServerMetrics()
-        io, mark, clock = metrics.io, metrics.mark, time.perf_counter
+        io = metrics.io
         core = MeteredServerConnection(io, MeteredMethods(methods, metrics), lambda call: False)
 
         def run() -> None:
             io[0] += len(batch)
-            mark[0] = clock()
             core.receive_data(batch)
 
     return min(timeit.repeat(run, number=1000, repeat=repeat)) / 1000 / 64 * 1e9

@@ -23,15 +23,22 @@ import math
 import os
 import threading
 import time
-from bisect import bisect_left
 from collections import Counter
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .errors import CallTimeout, ConnectionClosed, ErrorCode, RemoteError
+from . import framing
+from .errors import CallTimeout, ConnectionClosed, ErrorCode, RemoteError, code_name
 from .hooks import ClientHook
 from .framing import pack_frames
 from .protocol import Method, ServerConnection
 from .stats import CANCELLED
+
+# The compiled timer goes with the compiled framing (both extensions are built, or left out, together;
+# FASTRPC_NO_EXTENSIONS leaves both out).
+if framing.IMPLEMENTATION == "cython":
+    from ._timing import MethodMetrics, Timed
+else:
+    from ._timing_py import MethodMetrics, Timed  # type: ignore[assignment]
 
 __all__ = [
     "DEFAULT_BUCKETS", "FAMILIES", "OK", "UNKNOWN_METHOD", "ClientMetrics", "MethodMetrics", "MeteredMethods",
@@ -83,8 +90,6 @@ PROTOCOL_ERRORS: Dict[int, str] = {
     ErrorCode.TIMEOUT: "timeout",
 }
 
-_CODE_NAMES = {int(code): code.name for code in ErrorCode}
-
 Snapshot = Dict[str, Any]
 
 
@@ -92,7 +97,7 @@ def code_label(code: Union[int, str]) -> str:
     """The code label of an outcome: a string code as it is (OK, CANCELLED), an ErrorCode's name, else the number."""
     if isinstance(code, str):
         return code
-    return _CODE_NAMES.get(int(code), str(int(code)))
+    return code_name(code)
 
 
 def check_buckets(buckets: Iterable[float]) -> Tuple[float, ...]:
@@ -103,32 +108,6 @@ def check_buckets(buckets: Iterable[float]) -> Tuple[float, ...]:
     return bounds
 
 
-class MethodMetrics:
-    """One method's handler times: a bucket count per bound, one more for +Inf, their sum, and how
-    many raised (the rest returned)."""
-
-    __slots__ = ("bounds", "buckets", "sum", "raised")
-
-    def __init__(self, bounds: Tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.buckets = [0] * (len(bounds) + 1)
-        self.sum = 0.0
-        self.raised = 0
-
-    @property
-    def count(self) -> int:
-        return sum(self.buckets)
-
-    def observe(self, seconds: float) -> None:
-        self.buckets[bisect_left(self.bounds, seconds)] += 1
-        self.sum += seconds
-
-    def failed(self, seconds: float) -> None:
-        """A call that took ``seconds`` raised."""
-        self.raised += 1
-        self.observe(seconds)
-
-
 class ServerMetrics:
     """What a server with metrics on counts beyond ``ServerStats``: ``server.metrics``."""
 
@@ -137,8 +116,6 @@ class ServerMetrics:
         self.methods: Dict[str, MethodMetrics] = {}  # method name -> its handler times
         #: [bytes received, bytes sent, frames sent], added to by every connection's core.
         self.io = [0, 0, 0]
-        #: [perf_counter() when the current read was handed in, or its last sync call ended]: see ``meter``.
-        self.mark = [time.perf_counter()]
         self.received_frames_closed = 0  # frames read by connections since closed (open ones are read live)
 
     def method(self, name: str) -> MethodMetrics:
@@ -148,20 +125,17 @@ class ServerMetrics:
         return counts
 
 
-def meter(method: Method, counts: MethodMetrics, mark: List[float]) -> Method:
-    """``method`` with its handler timed into ``counts``. The wrapper keeps the handler's signature
-    (functools.wraps: ``inspect.signature`` follows ``__wrapped__``), so bad params are still -32602.
-
-    An async handler's time is its task's, from start to end. A sync handler's is counted from
-    ``mark[0]`` (when the read that brought its request was handed in, or the previous sync call
-    of that read ended: the connection and this wrapper keep it) to its return, so that it costs
-    one clock read instead of two: the clock is most of what timing costs (about 100 ns a read on
-    the development VM, a tenth of a pipelined request). Its request's decoding is included."""
+def meter(method: Method, counts: MethodMetrics) -> Method:
+    """``method`` with its handler timed into ``counts``, from its start to its return (an async
+    one's: its task's). The wrapper keeps the handler's signature (``inspect.signature`` follows
+    ``__wrapped__``), so bad params are still -32602. A sync handler's wrapper is compiled
+    (``fastrpc._timing.Timed``): in Python its frame and clock reads cost a pipelined request a
+    quarter more (bench/results/2026-11-30-metrics.md)."""
     func = method.func
-    bounds, buckets, clock, find = counts.bounds, counts.buckets, time.perf_counter, bisect_left
-    first = bounds[0]  # most calls fall below it: one float comparison instead of a bisection
     metered: Callable[..., Any]
     if method.is_async:
+        clock = time.perf_counter
+
         @functools.wraps(func)
         async def metered(*args: Any, **kwargs: Any) -> Any:
             started = clock()
@@ -170,51 +144,10 @@ def meter(method: Method, counts: MethodMetrics, mark: List[float]) -> Method:
             except BaseException:  # CancelledError too: the handler ran
                 counts.failed(clock() - started)
                 raise
-            elapsed = clock() - started
-            if elapsed <= first:
-                buckets[0] += 1
-            else:
-                buckets[find(bounds, elapsed)] += 1
-            counts.sum += elapsed
-            return result
-    elif method.raw_params:  # always called with one argument: no *args tuple or **kwargs dict to build
-        @functools.wraps(func)
-        def metered(params: Any) -> Any:
-            try:
-                result = func(params)
-            except BaseException:
-                now = clock()
-                counts.failed(now - mark[0])
-                mark[0] = now
-                raise
-            now = clock()
-            elapsed = now - mark[0]
-            mark[0] = now
-            if elapsed <= first:
-                buckets[0] += 1
-            else:
-                buckets[find(bounds, elapsed)] += 1
-            counts.sum += elapsed
+            counts.observe(clock() - started)
             return result
     else:
-        @functools.wraps(func)
-        def metered(*args: Any, **kwargs: Any) -> Any:
-            try:
-                result = func(*args, **kwargs)
-            except BaseException:
-                now = clock()
-                counts.failed(now - mark[0])
-                mark[0] = now
-                raise
-            now = clock()
-            elapsed = now - mark[0]
-            mark[0] = now
-            if elapsed <= first:
-                buckets[0] += 1
-            else:
-                buckets[find(bounds, elapsed)] += 1
-            counts.sum += elapsed
-            return result
+        metered = Timed(func, counts)
     wrapped = Method(method.name, metered, method.out, method.raw_params, method.context)
     wrapped.is_async = method.is_async  # as the core would have run the handler itself
     return wrapped
@@ -234,8 +167,7 @@ class MeteredMethods(dict):  # type: ignore[type-arg]
 
     def __missing__(self, name: str) -> Method:
         method = self._source[name]
-        metrics = self._metrics
-        wrapped = self[name] = meter(method, metrics.method(method.name), metrics.mark)
+        wrapped = self[name] = meter(method, self._metrics.method(method.name))
         return wrapped
 
 

@@ -828,18 +828,16 @@ class _Connection(asyncio.BufferedProtocol):
 
 class _MeteredConnection(_Connection):
     """A connection of a server with metrics on: counts the bytes it reads (its core, a
-    MeteredServerConnection, counts what it writes), and marks when it hands a read in, which
-    the sync handlers of that read are timed from (fastrpc.metrics.meter)."""
+    MeteredServerConnection, counts what it writes)."""
 
     def __init__(self, server: Server) -> None:
         super().__init__(server)
         metrics: ServerMetrics = server.metrics  # type: ignore[assignment]
-        self._io, self._mark = metrics.io, metrics.mark
+        self._io = metrics.io
 
     def buffer_updated(self, nbytes: int) -> None:
-        # _Connection.buffer_updated with the count and the mark in it: calling it from here would cost a Python call per read.
+        # _Connection.buffer_updated with the count in it: calling it from here would cost a Python call per read.
         self._io[0] += nbytes
-        self._mark[0] = _clock()
         core = self._core
         data = core.buffer_updated(nbytes)
         if data:
@@ -850,7 +848,6 @@ class _MeteredConnection(_Connection):
             self._close_when_quiet()
 
 
-_clock = time.perf_counter
 _NO_REPLY = ShuttingDown("cancelled by the client")  # a marker: the client asked for no reply
 _DEADLINE: "contextvars.ContextVar[Optional[float]]" = contextvars.ContextVar("fastrpc_deadline", default=None)
 

@@ -53,3 +53,4 @@ def test_typing_files_are_shipped() -> None:
     package = os.path.dirname(fastrpc.__file__)
     assert os.path.exists(os.path.join(package, "py.typed"))
     assert os.path.exists(os.path.join(package, "_framing.pyi"))
+    assert os.path.exists(os.path.join(package, "_timing.pyi"))
