@@ -157,6 +157,9 @@ class Server:
         self._server: Optional[asyncio.AbstractServer] = None
         self._connections: Set[_Connection] = set()  # OPEN or DRAINING: served, and counted against max_connections
         self._ending: Set[_Connection] = set()  # ENDING: hung up, waiting for their sockets to close
+        # CLOSED with calls still running (a handler cleaning up after its cancellation): they are
+        # in flight until their tasks end, so that started never goes down.
+        self._lingering: Set[_Connection] = set()
         self._closing = False
         self._all_closed: Optional[asyncio.Event] = None  # set once closing and no connection is left
         self._watchdog: Optional[asyncio.TimerHandle] = None
@@ -268,6 +271,9 @@ class Server:
         frames = self.metrics.received_frames_closed
         for connection in (*self._connections, *self._ending):
             frames += connection._core.progress[0]
+            for call in connection._tasks:
+                in_flight[call.method.name] = in_flight.get(call.method.name, 0) + 1
+        for connection in self._lingering:  # their frames are in received_frames_closed already
             for call in connection._tasks:
                 in_flight[call.method.name] = in_flight.get(call.method.name, 0) + 1
         return server_snapshot(self.stats, self.metrics, self.methods, in_flight, len(self._connections), frames)
@@ -421,13 +427,25 @@ class Server:
         self._ending.add(connection)
 
     def _forget(self, connection: "_Connection") -> None:
-        """The connection's socket is closed."""
+        """The connection's socket is closed (calls still running: it lingers until they end)."""
         self._connections.discard(connection)
         self._ending.discard(connection)
+        if connection._tasks:
+            self._lingering.add(connection)
         if self._closing:
             self._check_all_closed()
 
+    def _settled(self, connection: "_Connection") -> None:
+        """The last call of a closed connection ended: nothing of it is in flight any more."""
+        self._lingering.discard(connection)
+        if not self._lingering and self._snapshot_dir is not None and self._all_closed is not None \
+                and self._all_closed.is_set():
+            self._write_snapshot(again=False)  # the final one again, now that those calls are counted
+
     def _check_all_closed(self) -> None:
+        """Once closing and every connection is closed, ``wait_closed`` returns: calls that still
+        linger (a handler that ignores cancellation) do not hold it up; the final snapshot counts
+        them in flight, and ``_settled`` writes it again once they have ended."""
         if not self._connections and not self._ending:
             if self._all_closed is not None and not self._all_closed.is_set():
                 self._all_closed.set()
@@ -806,6 +824,8 @@ class _Connection(asyncio.BufferedProtocol):
             self._stopped.pop(call, None)
             if timer is not None:
                 timer.cancel()
+            if self._state is CLOSED and not self._tasks:
+                self._server._settled(self)
         if self._reading_paused:
             self._update_reading()  # a call ended: under the limit again, perhaps
         # Replies finished by tasks in one loop iteration leave in one write.

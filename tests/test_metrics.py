@@ -474,3 +474,53 @@ def test_serve_workers_metrics_add_up_and_survive_a_killed_worker(tmp_path: Path
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         assert not metrics_dir.exists()  # the supervisor removed it
+
+
+def test_a_call_cleaning_up_after_its_connection_was_lost_stays_in_flight(tmp_path: Path) -> None:
+    """A handler that awaits in its cleanup after the connection reset: it is still running, so it stays
+    in flight and started, until it ends as CANCELLED; the final snapshot of a closed server counts it
+    in flight, and is written again once it has ended (started must never go down)."""
+    server = fastrpc.Server(shutdown_grace=0.5)
+    server.enable_metrics(snapshot_dir=str(tmp_path))
+    cleaned = asyncio.Event()
+
+    @server.method
+    async def work() -> None:
+        try:
+            await asyncio.sleep(10)
+        finally:
+            await asyncio.sleep(0.3)
+            cleaned.set()
+
+    def counts(snapshot: Dict[str, Any]) -> Tuple[float, float, Dict[str, float]]:
+        samples = parse(generate_latest(registry_of(lambda: snapshot)).decode())
+        return (value(samples, "fastrpc_server_started_total", method="work"),
+                value(samples, "fastrpc_server_calls_in_flight"), handled(samples, "work"))
+
+    def final() -> Dict[str, Any]:
+        return json.loads((tmp_path / f"{os.getpid()}.json").read_text())  # type: ignore[no-any-return]
+
+    async def scenario() -> None:
+        await server.start("127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            body = b'{"in": "work", "id": 1}'
+            writer.write(struct.pack(">I", len(body)) + body)
+            await asyncio.sleep(0.1)
+            assert counts(server.metrics_snapshot()) == (1, 1, {})
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()  # a reset: the server's connection is lost at once
+            await asyncio.sleep(0.1)
+            assert not server._connections and not cleaned.is_set()
+            assert counts(server.metrics_snapshot()) == (1, 1, {})  # cleaning up: still running
+        finally:
+            server.close()
+            await server.wait_closed()  # not held up by the lingering call
+        assert not cleaned.is_set() and counts(final()) == (1, 1, {})
+        await asyncio.wait_for(cleaned.wait(), TEST_TIMEOUT)
+        await asyncio.sleep(0)
+        assert counts(server.metrics_snapshot()) == (1, 0, {"CANCELLED": 1})
+        assert counts(final()) == (1, 0, {"CANCELLED": 1})
+        assert not server._lingering
+
+    asyncio.run(asyncio.wait_for(scenario(), TEST_TIMEOUT))
