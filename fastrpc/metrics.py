@@ -24,14 +24,14 @@ import os
 import threading
 import time
 from collections import Counter
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from . import framing
 from .errors import CallTimeout, ConnectionClosed, ErrorCode, RemoteError, code_name
 from .hooks import ClientHook
 from .framing import pack_frames
 from .protocol import Method, ServerConnection
-from .stats import CANCELLED
+from .stats import CANCELLED, MAX_APPLICATION_CODES, bounded_code
 
 # The compiled timer goes with the compiled framing (both extensions are built, or left out, together;
 # FASTRPC_NO_EXTENSIONS leaves both out).
@@ -61,7 +61,9 @@ UNKNOWN_METHOD = "[unknown]"
 FAMILIES: Dict[str, Tuple[str, str, Tuple[str, ...]]] = {
     "fastrpc_server_started_total": ("counter", "Calls started on the server (handled + in flight).", ("method",)),
     "fastrpc_server_handled_total": ("counter", "Calls completed on the server, by code: OK, an error code's name "
-                                     "(or number), or CANCELLED (no reply: cancelled by the client, connection lost).",
+                                     f"(or number; past {MAX_APPLICATION_CODES} distinct application codes, new "
+                                     "ones are OTHER), or CANCELLED (no reply: cancelled by the client, connection "
+                                     "lost).",
                                      ("method", "code")),
     "fastrpc_server_handling_seconds": ("histogram", "Time handlers ran (calls whose handler ran).", ("method",)),
     "fastrpc_server_calls_in_flight": ("gauge", "Async calls running now.", ()),
@@ -74,8 +76,10 @@ FAMILIES: Dict[str, Tuple[str, str, Tuple[str, ...]]] = {
     "fastrpc_server_protocol_errors_total": ("counter", "Frames that were no call, and connections cut off: parse, "
                                              "invalid_request, too_large, busy, timeout.", ("kind",)),
     "fastrpc_client_handled_total": ("counter", "Calls a client completed, by code: OK, an error code's name "
-                                     "(or number), TIMEOUT, UNAVAILABLE (connection closed), CANCELLED, or the "
-                                     "exception's class name.", ("method", "code")),
+                                     f"(or number; past {MAX_APPLICATION_CODES} distinct application codes, new "
+                                     "ones are OTHER), TIMEOUT, UNAVAILABLE (connection closed), CANCELLED, or the "
+                                     "exception's class name.",
+                                     ("method", "code")),
     "fastrpc_client_handling_seconds": ("histogram", "Time client calls took, retries included.", ("method",)),
     "fastrpc_client_retries_total": ("counter", "Calls sent again after an attempt failed.", ("method",)),
     "fastrpc_client_connections": ("gauge", "Client connections open now.", ()),
@@ -291,8 +295,10 @@ def merge(counted: Sequence[Snapshot], live: Sequence[Snapshot]) -> Snapshot:
 class ClientMetrics(ClientHook):
     """A client hook that counts calls by method and code, times them, and counts retries and
     connections: ``connect(..., hooks=[metrics])``; ``snapshot()`` for ``fastrpc.prometheus``.
-    Calls answered METHOD_NOT_FOUND are counted under the one UNKNOWN_METHOD label. Safe to share
-    between threads and clients."""
+    Calls answered METHOD_NOT_FOUND are counted under the one UNKNOWN_METHOD label, and error codes
+    as a server counts them (``fastrpc.stats.bounded_code``: a server may send back any code, past
+    MAX_APPLICATION_CODES distinct ones of its own they are OTHER). Safe to share between threads
+    and clients."""
 
     def __init__(self, buckets: Iterable[float] = DEFAULT_BUCKETS) -> None:
         self.bounds = check_buckets(buckets)
@@ -300,6 +306,7 @@ class ClientMetrics(ClientHook):
         self.methods: Dict[str, MethodMetrics] = {}
         self.retries: "Counter[str]" = Counter()
         self.connections = 0
+        self._codes: Set[Union[int, str]] = set()  # the application codes counted as they are (bounded_code)
         self._lock = threading.Lock()
 
     def call_started(self, method: str, meta: Dict[str, str]) -> Any:
@@ -307,10 +314,10 @@ class ClientMetrics(ClientHook):
 
     def call_ended(self, method: str, state: Any, error: Optional[BaseException]) -> None:
         elapsed = time.perf_counter() - state
-        code = OK if error is None else client_code(error)
-        if code == "METHOD_NOT_FOUND":
-            method = UNKNOWN_METHOD
         with self._lock:
+            code = OK if error is None else client_code(error, self._codes)
+            if code == "METHOD_NOT_FOUND":
+                method = UNKNOWN_METHOD
             self.handled[method, code] += 1
             counts = self.methods.get(method)
             if counts is None:
@@ -340,10 +347,11 @@ class ClientMetrics(ClientHook):
         return {"bounds": list(self.bounds), "families": families}
 
 
-def client_code(error: BaseException) -> str:
-    """The code label of a client call that failed with ``error``."""
+def client_code(error: BaseException, seen: Set[Union[int, str]]) -> str:
+    """The code label of a client call that failed with ``error`` (``seen``: the application codes
+    labelled so far, for ``bounded_code``)."""
     if isinstance(error, RemoteError):
-        return code_label(error.code)
+        return code_label(bounded_code(error.code, seen))
     if isinstance(error, CallTimeout):
         return "TIMEOUT"
     if isinstance(error, ConnectionClosed):

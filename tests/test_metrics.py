@@ -24,6 +24,7 @@ from fastrpc.metrics import UNKNOWN_METHOD, ClientMetrics, MeteredMethods, Meter
 from fastrpc.prometheus import registry_of
 from fastrpc.protocol import Method, ServerConnection
 from fastrpc.server import SNAPSHOT_INTERVAL
+from fastrpc.stats import MAX_APPLICATION_CODES
 
 from .conftest import TEST_TIMEOUT, free_port, serve, serving_in_thread
 
@@ -524,3 +525,29 @@ def test_a_call_cleaning_up_after_its_connection_was_lost_stays_in_flight(tmp_pa
         assert not server._lingering
 
     asyncio.run(asyncio.wait_for(scenario(), TEST_TIMEOUT))
+
+
+def test_application_error_codes_are_bounded() -> None:
+    """A gateway passing on whatever codes its backends send: past MAX_APPLICATION_CODES distinct codes of
+    its own, the server counts new ones (and the client labels them) OTHER; fastrpc's own codes stay."""
+    server = fastrpc.Server()
+    server.enable_metrics()
+
+    @server.method
+    def proxy(code: int) -> None:
+        raise fastrpc.RemoteError("downstream said no", code=code)
+
+    client_metrics = ClientMetrics()
+    codes = list(range(1, MAX_APPLICATION_CODES + 41))
+    with serving_in_thread(server) as port:
+        with fastrpc.SyncClient("127.0.0.1", port, hooks=[client_metrics]) as client:
+            for code in codes + [1, ErrorCode.TIMEOUT]:
+                with pytest.raises(fastrpc.RemoteError):
+                    client.call("proxy", [code])
+        snapshot = on_loop(server._server.get_loop(), server.metrics_snapshot)  # type: ignore[union-attr]
+    expected = {str(code): 1.0 for code in codes[:MAX_APPLICATION_CODES]}
+    expected.update({"1": 2.0, "OTHER": 40.0, "TIMEOUT": 1.0})
+    assert handled(parse(generate_latest(registry_of(lambda: snapshot)).decode()), "proxy") == expected
+    assert len(server.stats.errors) == MAX_APPLICATION_CODES + 2  # the memory is bounded, not only the labels
+    samples = parse(generate_latest(registry_of(client_metrics.snapshot)).decode())
+    assert {dict(key[1])["code"]: v for key, v in samples.items() if key[0] == "fastrpc_client_handled_total"} == expected
