@@ -17,6 +17,7 @@ import orjson
 from . import __version__
 from .errors import CallTimeout, ConnectionClosed, RemoteError
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
+from .metrics import MetricsBindError
 from .net import listen_failed
 from .protocol import ABSENT
 from .server import LOG_FORMAT, MAX_AGE_JITTER, Server, run
@@ -82,6 +83,9 @@ def _serve(args: argparse.Namespace) -> int:
         server.enable_metrics(snapshot_dir=args.metrics_dir)
     try:
         run(server, args.host, args.port, loop=args.loop, reuse_port=args.reuse_port, ssl=_tls(args))
+    except MetricsBindError as exc:
+        print(f"fastrpc: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:  # socket.gaierror too
         if server.addresses:  # it was listening: not a failure to bind
             raise
@@ -166,6 +170,9 @@ def _serve_workers(args: argparse.Namespace) -> int:
     logging.getLogger("fastrpc.workers").info("fastrpc serving on %s:%s with %d workers", args.host, port, args.workers)
     try:
         return Supervisor(command, args.workers, shutdown_grace=grace, **metrics).run()
+    except MetricsBindError as exc:
+        print(f"fastrpc: {exc}", file=sys.stderr)
+        return 1
     finally:
         reserved.close()
 

@@ -30,6 +30,7 @@ from . import framing
 from .errors import CallTimeout, ConnectionClosed, ErrorCode, RemoteError, code_name
 from .hooks import ClientHook
 from .framing import pack_frames
+from .net import listen_failed
 from .protocol import Method, ServerConnection
 from .stats import CANCELLED, MAX_APPLICATION_CODES, bounded_code
 
@@ -42,7 +43,8 @@ else:
 
 __all__ = [
     "DEFAULT_BUCKETS", "FAMILIES", "OK", "UNKNOWN_METHOD", "ClientMetrics", "MethodMetrics", "MeteredMethods",
-    "MeteredServerConnection", "ServerMetrics", "code_label", "merge", "read_snapshot", "write_snapshot",
+    "MeteredServerConnection", "MetricsBindError", "ServerMetrics", "code_label", "merge", "read_snapshot",
+    "write_snapshot",
 ]
 
 #: Histogram bounds in seconds: fine at the bottom, where RPC handlers mostly are (0.1 ms .. 10 s).
@@ -102,6 +104,15 @@ def code_label(code: Union[int, str]) -> str:
     if isinstance(code, str):
         return code
     return code_name(code)
+
+
+class MetricsBindError(OSError):
+    """``/metrics`` could not be served on ``host:port``: its message names that address, not the
+    server's own (``fastrpc serve`` prints it)."""
+
+    def __init__(self, host: str, port: int, exc: OSError) -> None:
+        super().__init__("cannot serve metrics on " + listen_failed(host, port, exc)[len("cannot listen on "):])
+        self.errno = exc.errno
 
 
 def check_buckets(buckets: Iterable[float]) -> Tuple[float, ...]:

@@ -22,7 +22,8 @@ from . import framing
 from .framing import pack_frames
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
 from .auth import TokenGate
-from .metrics import MeteredMethods, MeteredServerConnection, ServerMetrics, server_snapshot, write_snapshot
+from .metrics import (MeteredMethods, MeteredServerConnection, MetricsBindError, ServerMetrics, server_snapshot,
+                      write_snapshot)
 from .middleware import HookedMethods, Middleware
 from .net import address_text, set_nodelay
 from .protocol import Call, Method, ServerConnection, encode_error, enter_metadata
@@ -316,7 +317,11 @@ class Server:
             from .prometheus import serve_metrics
 
             metrics_host, metrics_port = self._metrics_at
-            self._metrics_http = await serve_metrics(self, host if metrics_host is None else metrics_host, metrics_port)
+            metrics_host = host if metrics_host is None else metrics_host
+            try:
+                self._metrics_http = await serve_metrics(self, metrics_host, metrics_port)
+            except OSError as exc:
+                raise MetricsBindError(metrics_host, metrics_port, exc) from exc
             address = self.metrics_address or ("?", "?")
             log.info("fastrpc serving metrics on http://%s:%s/metrics", address[0], address[1])
         connection = _Connection if self.metrics is None else _MeteredConnection

@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .metrics import Snapshot, merge, read_snapshot
+from .metrics import MetricsBindError, Snapshot, merge, read_snapshot
 from .net import listen_failed
 
 log = logging.getLogger("fastrpc.workers")
@@ -102,7 +102,10 @@ class Supervisor:
                 from .prometheus import serve_metrics_in_thread
 
                 host, port = self.metrics_at
-                http = serve_metrics_in_thread(self.metrics_snapshot, host, port)
+                try:
+                    http = serve_metrics_in_thread(self.metrics_snapshot, host, port)
+                except OSError as exc:
+                    raise MetricsBindError(host, port, exc) from exc
                 log.info("fastrpc serving metrics of all workers on http://%s:%s/metrics", host, http[0].server_address[1])
             for slot in range(self.count):
                 self._start(slot)

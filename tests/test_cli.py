@@ -98,6 +98,20 @@ def test_serve_on_a_port_in_use_says_so_in_one_line() -> None:
             assert (out.returncode, out.stderr) == (1, f"fastrpc: cannot listen on 127.0.0.1:{port}: address already in use\n")
 
 
+def test_serve_on_a_metrics_port_in_use_says_so_in_one_line() -> None:
+    """The error names the metrics address, not the server's, and is no traceback; with --workers too."""
+    pytest.importorskip("prometheus_client")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        metrics_port = busy.getsockname()[1]
+        for extra in ([], ["--workers", "2"]):
+            out = serve_fails(["--port", "0", "--metrics-port", str(metrics_port), *extra])
+            assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+            assert out.stderr.splitlines()[-1] == \
+                f"fastrpc: cannot serve metrics on 127.0.0.1:{metrics_port}: address already in use", out.stderr
+
+
 @pytest.mark.parametrize("host, reason", [
     ("256.1.1.1", "not an IP address nor a known host name"),
     ("192.0.2.1", "cannot assign requested address (not an address of this machine)"),  # TEST-NET-1
