@@ -79,8 +79,9 @@ def _serve(args: argparse.Namespace) -> int:
     if args.metrics_port is not None:
         _need_prometheus_client()
         server.enable_metrics(port=args.metrics_port, host=args.metrics_host or args.host)
-    if args.metrics_dir is not None:  # a worker of --workers N --metrics-port: its counts go to the supervisor
+    if args.metrics_dir is not None:  # a worker of --workers N: its counts go to the supervisor, which serves them
         server.enable_metrics(snapshot_dir=args.metrics_dir)
+        server._metrics_at = None  # a port the app asked for too: every worker would bind it
     try:
         run(server, args.host, args.port, loop=args.loop, reuse_port=args.reuse_port, ssl=_tls(args))
     except MetricsBindError as exc:
@@ -162,11 +163,16 @@ def _serve_workers(args: argparse.Namespace) -> int:
     if args.access_log:
         command.append("--access-log")
     metrics: Dict[str, Any] = {}
+    metrics_at = None
     if args.metrics_port is not None:
+        metrics_at = (args.metrics_host or args.host, args.metrics_port)
+    elif server._metrics_at is not None:  # the app's own enable_metrics(port=...): the supervisor serves it
+        metrics_at = (server._metrics_at[0] or args.host, server._metrics_at[1])
+    if metrics_at is not None:
         _need_prometheus_client()
         metrics_dir = tempfile.mkdtemp(prefix="fastrpc-metrics-")  # removed by the supervisor
         command += ["--metrics-dir", metrics_dir]
-        metrics = dict(metrics_dir=metrics_dir, metrics_at=(args.metrics_host or args.host, args.metrics_port))
+        metrics = dict(metrics_dir=metrics_dir, metrics_at=metrics_at)
     logging.getLogger("fastrpc.workers").info("fastrpc serving on %s:%s with %d workers", args.host, port, args.workers)
     try:
         return Supervisor(command, args.workers, shutdown_grace=grace, **metrics).run()

@@ -241,7 +241,9 @@ class Server:
         ``fastrpc.metrics.DEFAULT_BUCKETS``; a second call keeps the counts and bounds it has).
         With ``port`` (0: any free one), ``start`` also serves ``GET /metrics`` in the Prometheus
         text format from the event loop, on ``host`` (default: the server's own host), until the
-        server has closed; it needs prometheus_client (``pip install fastrpc[metrics]``).
+        server has closed; it needs prometheus_client (``pip install fastrpc[metrics]``). Under
+        ``fastrpc serve --workers N`` the workers do not serve it: each writes snapshots only, and
+        the supervisor serves their sum on that port.
         With ``snapshot_dir``, the server writes its snapshot there every SNAPSHOT_INTERVAL and
         once it has closed (``fastrpc serve --workers N``: the supervisor adds them up).
         Without metrics on, a call costs exactly what it does without this feature."""

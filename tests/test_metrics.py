@@ -551,3 +551,29 @@ def test_application_error_codes_are_bounded() -> None:
     assert len(server.stats.errors) == MAX_APPLICATION_CODES + 2  # the memory is bounded, not only the labels
     samples = parse(generate_latest(registry_of(client_metrics.snapshot)).decode())
     assert {dict(key[1])["code"]: v for key, v in samples.items() if key[0] == "fastrpc_client_handled_total"} == expected
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="--workers needs SO_REUSEPORT")
+def test_serve_workers_of_an_app_with_its_own_metrics_port(tmp_path: Path) -> None:
+    """An app that calls enable_metrics(port=...) itself: its workers do not each bind that port (all but
+    one would fail, and be restarted in a loop); they write snapshots, and the supervisor serves the sum."""
+    port, metrics_port = free_port(), free_port()
+    (tmp_path / "ownport.py").write_text(PID_APP + f"app.enable_metrics(port={metrics_port})\n")
+    for proc in serve(["ownport:app", "--port", str(port), "--workers", "2"], tmp_path):
+        pids: Dict[int, int] = {}
+
+        def call_fresh() -> bool:
+            raw = Raw(port)
+            try:
+                pid = int(raw.call(b'{"in": "pid", "id": 1}')["result"])
+            finally:
+                raw.close()
+            pids[pid] = pids.get(pid, 0) + 1
+            return len(pids) == 2
+
+        wait_for(call_fresh, "calls reaching both workers")
+        assert proc.pid not in pids
+        wait_for(lambda: handled_ok(metrics_port) == sum(pids.values()), "the sum over both workers")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert "exited with status" not in proc.stderr.read()  # type: ignore[union-attr]
