@@ -19,19 +19,22 @@ import asyncio
 import threading
 from typing import Any, Callable, Iterator, Optional, Set, Tuple
 
-from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.utils import floatToGoString
 
 from .metrics import FAMILIES, Snapshot
 
-__all__ = ["SnapshotCollector", "MetricsEndpoint", "families", "registry_of", "serve_metrics", "serve_metrics_in_thread"]
+__all__ = ["SnapshotCollector", "MetricsEndpoint", "MetricsThread", "families", "registry_of", "serve_metrics"]
 
 #: Seconds a scrape connection may take to send its request and take the reply.
 HTTP_TIMEOUT = 10.0
 #: Bytes of request head a scrape may send.
 HTTP_HEAD_LIMIT = 8192
+#: Scrape connections served at once; more are closed as they come: a peer opening many idle ones
+#: cannot take the file descriptors the RPC server needs (max_connections does not count these).
+MAX_SCRAPES = 16
 
 
 def families(snapshot: Snapshot) -> Iterator[Metric]:
@@ -82,6 +85,9 @@ class _Scrape(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        if len(self._endpoint.open) >= MAX_SCRAPES:
+            self.transport.abort()
+            return
         self._endpoint.open.add(self)
         self._timer = asyncio.get_running_loop().call_later(HTTP_TIMEOUT, transport.abort)  # type: ignore[attr-defined]
 
@@ -146,8 +152,28 @@ async def serve_metrics(server: Any, host: str, port: int) -> MetricsEndpoint:
     return endpoint
 
 
-def serve_metrics_in_thread(source: Callable[[], Snapshot], host: str, port: int) -> Tuple[Any, threading.Thread]:
-    """Serve ``source``'s families at ``http://host:port/metrics`` from a thread (prometheus_client's
-    server): for a source that is safe to read from any thread. Returns (server, thread); stop with
-    ``server.shutdown(); server.server_close(); thread.join()``."""
-    return start_http_server(port, addr=host, registry=registry_of(source))  # type: ignore[no-any-return]
+class MetricsThread:
+    """``source``'s families at ``http://host:port/metrics``, served by a MetricsEndpoint (capped,
+    timed out, as a server's own) on an event loop of its own in a thread: for a source that is safe
+    to read from any thread (the supervisor's sum over its workers). Binds before returning."""
+
+    def __init__(self, source: Callable[[], Snapshot], host: str, port: int) -> None:
+        self._loop = asyncio.new_event_loop()
+        self.endpoint = MetricsEndpoint(registry_of(source))
+        try:
+            self._loop.run_until_complete(self.endpoint.start(host, port))
+        except BaseException:
+            self._loop.close()
+            raise
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fastrpc-metrics", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving, cut the open connections, and end the thread."""
+        self._loop.call_soon_threadsafe(self._stop)
+        self._thread.join()
+        self._loop.close()
+
+    def _stop(self) -> None:
+        self.endpoint.close()
+        self._loop.stop()

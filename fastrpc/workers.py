@@ -99,14 +99,15 @@ class Supervisor:
         http = None
         try:
             if self.metrics_at is not None and self.metrics_dir is not None:
-                from .prometheus import serve_metrics_in_thread
+                from .prometheus import MetricsThread
 
                 host, port = self.metrics_at
                 try:
-                    http = serve_metrics_in_thread(self.metrics_snapshot, host, port)
+                    http = MetricsThread(self.metrics_snapshot, host, port)
                 except OSError as exc:
                     raise MetricsBindError(host, port, exc) from exc
-                log.info("fastrpc serving metrics of all workers on http://%s:%s/metrics", host, http[0].server_address[1])
+                log.info("fastrpc serving metrics of all workers on http://%s:%s/metrics", host,
+                         http.endpoint.sockets[0].getsockname()[1])
             for slot in range(self.count):
                 self._start(slot)
             log.info("fastrpc supervising %d workers: pids %s", self.count, self.pids())
@@ -118,9 +119,7 @@ class Supervisor:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             if http is not None:
-                http[0].shutdown()
-                http[0].server_close()
-                http[1].join()
+                http.stop()
             if self.metrics_dir is not None:
                 shutil.rmtree(self.metrics_dir, ignore_errors=True)
 

@@ -21,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 import fastrpc
 from fastrpc.errors import ErrorCode
 from fastrpc.metrics import UNKNOWN_METHOD, ClientMetrics, MeteredMethods, MeteredServerConnection
-from fastrpc.prometheus import registry_of
+import fastrpc.prometheus
+from fastrpc.prometheus import MAX_SCRAPES, registry_of
 from fastrpc.protocol import Method, ServerConnection
 from fastrpc.server import SNAPSHOT_INTERVAL
 from fastrpc.stats import MAX_APPLICATION_CODES
@@ -577,3 +578,56 @@ def test_serve_workers_of_an_app_with_its_own_metrics_port(tmp_path: Path) -> No
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         assert "exited with status" not in proc.stderr.read()  # type: ignore[union-attr]
+
+
+def test_metrics_connections_are_capped_and_time_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_SCRAPES open scrape connections, new ones are closed at once; idle ones are cut off after
+    HTTP_TIMEOUT. A peer holding idle connections cannot take the process's file descriptors."""
+    monkeypatch.setattr(fastrpc.prometheus, "HTTP_TIMEOUT", 3.0)
+    server = app()
+    server.enable_metrics(port=0)
+    with serving_in_thread(server):
+        metrics_port = server.metrics_address[1]  # type: ignore[index]
+        idle = [socket.create_connection(("127.0.0.1", metrics_port), timeout=10) for _ in range(MAX_SCRAPES)]
+        try:
+            wait_for(lambda: len(server._metrics_http.open) == MAX_SCRAPES, "the idle connections accepted")
+            with socket.create_connection(("127.0.0.1", metrics_port), timeout=1) as extra:  # under HTTP_TIMEOUT
+                try:
+                    assert extra.recv(1) == b""
+                except ConnectionResetError:
+                    pass
+            for sock in idle:  # cut off, HTTP_TIMEOUT after they opened
+                sock.settimeout(5)
+                try:
+                    assert sock.recv(1) == b""
+                except ConnectionResetError:
+                    pass
+            wait_for(lambda: not server._metrics_http.open, "the idle connections gone")
+            assert value(scrape(metrics_port), "fastrpc_server_connections") == 0
+        finally:
+            for sock in idle:
+                sock.close()
+
+
+def test_the_supervisors_metrics_thread_is_capped_too() -> None:
+    """MetricsThread (the supervisor's /metrics) serves the same endpoint, from a thread: capped as well."""
+    client_metrics = ClientMetrics()
+    thread = fastrpc.prometheus.MetricsThread(client_metrics.snapshot, "127.0.0.1", 0)
+    metrics_port = thread.endpoint.sockets[0].getsockname()[1]
+    idle = [socket.create_connection(("127.0.0.1", metrics_port), timeout=10) for _ in range(MAX_SCRAPES)]
+    try:
+        wait_for(lambda: len(thread.endpoint.open) == MAX_SCRAPES, "the idle connections accepted")
+        with socket.create_connection(("127.0.0.1", metrics_port), timeout=1) as extra:
+            try:
+                assert extra.recv(1) == b""
+            except ConnectionResetError:
+                pass
+        idle.pop().close()
+        wait_for(lambda: len(thread.endpoint.open) < MAX_SCRAPES, "a connection closed")
+        assert value(scrape(metrics_port), "fastrpc_client_connections") == 0
+    finally:
+        for sock in idle:
+            sock.close()
+        thread.stop()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", metrics_port), timeout=10).close()
