@@ -282,14 +282,18 @@ class Server:
         return server_snapshot(self.stats, self.metrics, self.methods, in_flight, len(self._connections), frames)
 
     def _write_snapshot(self, again: bool = True) -> None:
-        """Write the snapshot for the supervisor; ``again``: and the next one SNAPSHOT_INTERVAL later."""
+        """Write the snapshot for the supervisor; ``again``: and the next one SNAPSHOT_INTERVAL later,
+        whatever this one did (a failure must not end the snapshots, and with them the counts)."""
         assert self._snapshot_dir is not None
         try:
             write_snapshot(self._snapshot_dir, self.metrics_snapshot())
         except OSError as exc:
             log.warning("cannot write the metrics snapshot to %s: %s", self._snapshot_dir, exc)
-        if again:
-            self._snapshot_timer = asyncio.get_running_loop().call_later(SNAPSHOT_INTERVAL, self._write_snapshot)
+        except Exception:
+            log.exception("cannot take the metrics snapshot")
+        finally:
+            if again:
+                self._snapshot_timer = asyncio.get_running_loop().call_later(SNAPSHOT_INTERVAL, self._write_snapshot)
 
     # -- lifecycle ---------------------------------------------------------------
 

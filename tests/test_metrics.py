@@ -631,3 +631,31 @@ def test_the_supervisors_metrics_thread_is_capped_too() -> None:
         thread.stop()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", metrics_port), timeout=10).close()
+
+
+def test_a_failed_snapshot_does_not_stop_the_next(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The periodic snapshot is taken again SNAPSHOT_INTERVAL after one that failed, and the failure is logged."""
+    server = app()
+    server.enable_metrics(snapshot_dir=str(tmp_path))
+    taken = server.metrics_snapshot
+    failures = [RuntimeError("a bug in a snapshot")]
+
+    def flaky() -> Dict[str, Any]:
+        if failures:
+            raise failures.pop()
+        return taken()
+
+    server.metrics_snapshot = flaky  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        await server.start("127.0.0.1", 0)  # writes the first one: it fails
+        try:
+            assert not failures and not (tmp_path / f"{os.getpid()}.json").exists()
+            await asyncio.sleep(SNAPSHOT_INTERVAL * 1.5)
+            assert (tmp_path / f"{os.getpid()}.json").exists()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(asyncio.wait_for(scenario(), TEST_TIMEOUT))
+    assert any("cannot take the metrics snapshot" in r.getMessage() and r.exc_info for r in caplog.records)
