@@ -71,7 +71,7 @@ def core_ns(metered: bool, repeat: int = 25) -> float:
     import timeit
 
     from fastrpc.framing import pack_frames
-    from fastrpc.metrics import MeteredMethods, MeteredServerConnection, ServerMetrics
+    from fastrpc.metrics import MeteredServerConnection, ServerMetrics, meter
     from fastrpc.protocol import Method, ServerConnection
 
     methods = {"ping": Method("ping", lambda params: params, out="pong", raw_params=True)}
@@ -82,7 +82,8 @@ def core_ns(metered: bool, repeat: int = 25) -> float:
     else:
         metrics = ServerMetrics()
         io = metrics.io
-        core = MeteredServerConnection(io, MeteredMethods(methods, metrics), lambda call: False)
+        metered = {name: meter(method, metrics.method(name)) for name, method in methods.items()}  # as Server.start does
+        core = MeteredServerConnection(io, metered, lambda call: False)
 
         def run() -> None:
             io[0] += len(batch)
