@@ -36,7 +36,7 @@ class TokenGate:
         self._hang_up = hang_up
         self._failures = 0
         self._auth = Method(AUTH_METHOD, self._check, raw_params=True)
-        self._refused = Method("refused", self._refuse, raw_params=True)
+        self._refused = Method("rpc.unauthenticated", self._refuse, raw_params=True)  # a name no application method has
 
     def __getitem__(self, name: Any) -> Method:
         if type(name) is not str:

@@ -219,10 +219,11 @@ class _Refusing:
     refuses, before anything runs. The fast path is unchanged; it looks a
     method up as always and gets this one. A name in ``known`` (the server's
     registry) gets a refusing method of its own name, so that its refusals are
-    counted against it; any other name shares one, named "refused"."""
+    counted against it; any other name shares one, under a reserved name no
+    application method can have. All refuse with the one function."""
 
     __slots__ = ("_kept", "_known", "_named")
-    _method = Method("refused", _refuse, raw_params=True)
+    _method = Method("rpc.refused", _refuse, raw_params=True)
 
     def __init__(self, kept: Mapping[str, Method], known: Container[str] = ()) -> None:
         self._kept = kept
@@ -239,7 +240,7 @@ class _Refusing:
             return self._method
         method = self._named.get(name)
         if method is None:
-            method = self._named[name] = Method(name, _refuse, raw_params=True)
+            method = self._named[name] = Method(name, self._method.func, raw_params=True)
         return method
 
 
