@@ -69,8 +69,9 @@ def recv_exactly(sock: socket.socket, n: int) -> bytes:
     return data
 
 
-def instructions(server: str, requests: int) -> int:
-    """Total instructions of one server process that answered ``requests`` pings."""
+def instructions(server: str, requests: int, batch: int = 1) -> int:
+    """Total instructions of one server process that answered ``requests`` writes of ``batch`` pings
+    each (the next write once all their replies are in)."""
     port = free_port()
     argv = [arg.replace("{port}", str(port)) for arg in SERVERS[server]]
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,10 +84,11 @@ def instructions(server: str, requests: int) -> int:
             with connect(port, proc) as sock:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 for _ in range(requests):
-                    sock.sendall(FRAME)
-                    (size,) = struct.unpack(">I", recv_exactly(sock, 4))
-                    if b'"pong"' not in recv_exactly(sock, size):
-                        raise RuntimeError("a reply was not a pong")
+                    sock.sendall(FRAME * batch)
+                    for _ in range(batch):
+                        (size,) = struct.unpack(">I", recv_exactly(sock, 4))
+                        if b'"pong"' not in recv_exactly(sock, size):
+                            raise RuntimeError("a reply was not a pong")
             # SIGTERM: both servers exit on it and callgrind writes its counts.
             proc.send_signal(signal.SIGTERM)
             proc.wait(STOP_TIMEOUT)
@@ -106,14 +108,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--servers", nargs="+", choices=sorted(SERVERS), default=["floor", "fastrpc"])
     parser.add_argument("--base", type=int, default=2000, help="requests of the shorter run (default 2000)")
     parser.add_argument("--requests", type=int, default=10000, help="extra requests of the longer run (default 10000)")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="pings per write, all answered before the next (default 1); --base and --requests count writes")
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None:
         parser.error("valgrind is not installed (apt-get install valgrind)")
     per_request = {}
     for server in args.servers:
-        low = instructions(server, args.base)
-        high = instructions(server, args.base + args.requests)
-        per_request[server] = (high - low) / args.requests
+        low = instructions(server, args.base, args.batch)
+        high = instructions(server, args.base + args.requests, args.batch)
+        per_request[server] = (high - low) / (args.requests * args.batch)
         print(f"{server:8} {per_request[server]:9,.0f} instructions/request", flush=True)
     if "floor" in per_request and "fastrpc" in per_request:
         print(f"fastrpc / floor: {per_request['fastrpc'] / per_request['floor']:.2f}x")

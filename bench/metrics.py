@@ -92,7 +92,7 @@ def core_ns(metered: bool, repeat: int = 25) -> float:
     return min(timeit.repeat(run, number=1000, repeat=repeat)) / 1000 / 64 * 1e9
 
 
-def report(cpu: Dict[str, Dict[str, List[float]]], counts: Optional[Dict[str, float]], core: Optional[Dict[str, float]],
+def report(cpu: Dict[str, Dict[str, List[float]]], counts: Optional[Dict[int, Dict[str, float]]], core: Optional[Dict[str, float]],
            settings: str, command: str) -> str:
     info = machine()
     lines = [f"Command: `{command}`", "",
@@ -113,10 +113,10 @@ def report(cpu: Dict[str, Dict[str, List[float]]], counts: Optional[Dict[str, fl
         lines += ["", "The core alone, in-process (64 pipelined pings per read, best of 25; ns per request): "
                   f"off {core['off']:.0f}, on {core['on']:.0f} ({core['on'] / core['off'] - 1:+.1%})."]
     if counts:
-        lines += ["", "User-space instructions per request (callgrind, one connection, one request outstanding):", ""]
-        lines += [f"- metrics {name}: {value:,.0f}" for name, value in counts.items()]
-        if "on" in counts and "off" in counts:
-            lines.append(f"- on - off: {counts['on'] - counts['off']:+,.0f} ({counts['on'] / counts['off'] - 1:+.1%})")
+        lines += ["", "User-space instructions per request (callgrind, one connection, the next write once every reply is in):", ""]
+        for batch, by_setting in counts.items():
+            off, on = by_setting["off"], by_setting["on"]
+            lines.append(f"- {batch} ping(s) per write: off {off:,.0f}, on {on:,.0f}: {on - off:+,.0f} ({on / off - 1:+.1%})")
     return "\n".join(lines) + "\n"
 
 
@@ -135,13 +135,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 0.5, 0.2
     cpu = rounds(args.rounds, args.duration, args.warmup)
-    counts: Dict[str, float] = {}
+    counts: Dict[int, Dict[str, float]] = {}  # pings per write -> setting -> instructions per request
     if args.instructions:
-        for name in ("off", "on"):
-            low = instructions.instructions(name, args.base)
-            high = instructions.instructions(name, args.base + args.requests)
-            counts[name] = (high - low) / args.requests
-            log(f"metrics {name}: {counts[name]:,.0f} instructions/request")
+        for batch in (1, 64):
+            base, extra = max(1, args.base // batch), max(1, args.requests // batch)
+            for name in ("off", "on"):
+                low = instructions.instructions(name, base, batch)
+                high = instructions.instructions(name, base + extra, batch)
+                counts.setdefault(batch, {})[name] = (high - low) / (extra * batch)
+                log(f"metrics {name}, {batch} per write: {counts[batch][name]:,.0f} instructions/request")
     settings = f"{args.rounds} rounds per scenario, each {args.warmup:g} s warmup and {args.duration:g} s measured per server"
     command = "python bench/metrics.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     core: Dict[str, float] = {}
