@@ -156,6 +156,22 @@ def demo_server(**kwargs: Any) -> fastrpc.Server:
     return server
 
 
+def erring_server() -> fastrpc.Server:
+    """``demo_server`` plus two handlers that fail on purpose: ``refuse`` with an application code
+    (-32010), ``busy`` with ServerBusy."""
+    server = demo_server()
+
+    @server.method
+    def refuse() -> None:
+        raise fastrpc.RemoteError("not for you", code=-32010)
+
+    @server.method
+    def busy() -> None:
+        raise fastrpc.ServerBusy("come back later")
+
+    return server
+
+
 _TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
                7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"}
 

@@ -13,22 +13,13 @@ import pytest
 import fastrpc
 from fastrpc.accesslog import AccessLog
 
-from .conftest import RawConnection, demo_server, frame, serving
+from .conftest import RawConnection, demo_server, erring_server, frame, serving
 
 LINE = re.compile(r"peer=127\.0\.0\.1:\d+ method=(\S+) code=(\S+) ms=\d+\.\d{3}")
 
 
 def logged_server() -> fastrpc.Server:
-    server = demo_server()
-
-    @server.method
-    def refuse() -> None:
-        raise fastrpc.RemoteError("not for you", code=-32010)
-
-    @server.method
-    def busy() -> None:
-        raise fastrpc.ServerBusy("come back later")
-
+    server = erring_server()
     server.use(AccessLog())
     return server
 

@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 import fastrpc
 from fastrpc.tracing import ClientTracing, ServerTracing
 
-from .conftest import RawConnection, demo_server, frame, serving, serving_in_thread
+from .conftest import RawConnection, demo_server, erring_server, frame, serving, serving_in_thread
 
 TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C
 PARENT_ID = 0xB7AD6B7169203331
@@ -52,15 +52,7 @@ def spans() -> Iterator[Spans]:
 
 
 def traced_server(spans: Spans) -> fastrpc.Server:
-    server = demo_server()
-
-    @server.method
-    def refuse() -> None:
-        raise fastrpc.RemoteError("not for you", code=-32010)
-
-    @server.method
-    def busy() -> None:
-        raise fastrpc.ServerBusy("come back later")
+    server = erring_server()
 
     @server.method
     def current() -> List[str]:
