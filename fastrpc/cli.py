@@ -19,7 +19,7 @@ from .errors import CallTimeout, ConnectionClosed, RemoteError
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
 from .metrics import MetricsBindError
 from .net import listen_failed
-from .protocol import ABSENT
+from .protocol import ABSENT, metadata_problem
 from .server import LOG_FORMAT, MAX_AGE_JITTER, Server, run
 
 # Exit statuses of `fastrpc call` (2 is argparse's usage error).
@@ -199,15 +199,28 @@ def parse_json(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
 
 
+def parse_meta(text: str) -> Tuple[str, str]:
+    """A ``--meta KEY=VALUE`` pair."""
+    key, equals, value = text.partition("=")
+    if not equals or not key:
+        raise argparse.ArgumentTypeError(f"metadata is KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def _call(args: argparse.Namespace) -> int:
     from .sync_client import SyncClient
 
     host, port = args.address
+    meta = dict(args.meta) or None
+    problem = None if meta is None else metadata_problem(meta)
+    if problem is not None:
+        print(f"fastrpc: invalid call metadata: {problem}", file=sys.stderr)
+        return 2
     try:
         token = read_tokens(args.token_file)[0] if args.token_file is not None else None
         with SyncClient(host, port, timeout=args.timeout, connect_timeout=args.timeout, token=token,
                         ssl=_client_tls(args)) as client:
-            result = client.call(args.method, args.params)
+            result = client.call(args.method, args.params, meta=meta)
     except CallTimeout as exc:  # first: DeadlineExceeded (the server's timeout) is one too
         print(f"fastrpc: {exc}", file=sys.stderr)
         return EXIT_TIMEOUT
@@ -311,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("params", nargs="?", type=parse_json, default=ABSENT, metavar="PARAMS_JSON",
                       help="the params as JSON: a list for positional arguments, an object for keywords")
     call.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds (default 10)")
+    call.add_argument("--meta", type=parse_meta, action="append", default=[], metavar="KEY=VALUE",
+                      help="call metadata (repeatable), read by handlers registered with metadata=True")
     call.add_argument("--token-file", metavar="PATH", help="authenticate with the first token in PATH")
     call.add_argument("--tls", action="store_true", help="connect with TLS, trusting the system's CAs")
     call.add_argument("--tls-ca", metavar="PEM", help="connect with TLS, trusting this CA")

@@ -429,3 +429,23 @@ def test_serve_metrics_options_reach_the_workers_and_need_prometheus_client(tmp_
         out = subprocess.run([sys.executable, "-m", "fastrpc", "serve", "--port", "0", "--metrics-port", "0", *extra],
                              capture_output=True, text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(tmp_path)})
         assert out.returncode == 1 and "pip install 'fastrpc[metrics]'" in out.stderr, out.stderr
+
+
+def test_call_sends_metadata(tmp_path: Path) -> None:
+    (tmp_path / "metaapp.py").write_text(
+        "import fastrpc\n"
+        "app = fastrpc.Server()\n"
+        "@app.method(metadata=True)\n"
+        "def seen():\n"
+        "    return fastrpc.metadata()\n"
+    )
+    port = free_port()
+    for proc in serve(["metaapp:app", "--port", str(port)], tmp_path):
+        out = fastrpc_call(f"127.0.0.1:{port}", "seen", "--meta", "caller=billing", "--meta", "trace=a=b")
+        assert out.returncode == 0 and json.loads(out.stdout) == {"caller": "billing", "trace": "a=b"}, out.stderr
+        out = fastrpc_call(f"127.0.0.1:{port}", "seen")
+        assert (out.returncode, out.stdout) == (0, "{}\n")
+        out = fastrpc_call(f"127.0.0.1:{port}", "seen", "--meta", "novalue")
+        assert out.returncode == 2 and "KEY=VALUE" in out.stderr
+        out = fastrpc_call(f"127.0.0.1:{port}", "seen", "--meta", "k=" + "v" * 9000)
+        assert out.returncode == 2 and "invalid call metadata" in out.stderr and "Traceback" not in out.stderr
