@@ -108,25 +108,21 @@ class Hooks:
                 self._failed(index, "call_ended")
 
     def retried(self, method: str) -> None:
-        for index, hook in enumerate(self.hooks):
-            try:
-                hook.call_retried(method)
-            except Exception:
-                self._failed(index, "call_retried")
+        self._tell("call_retried", method)
 
     def opened(self, address: str) -> None:
-        for index, hook in enumerate(self.hooks):
-            try:
-                hook.connection_opened(address)
-            except Exception:
-                self._failed(index, "connection_opened")
+        self._tell("connection_opened", address)
 
     def closed(self, address: str) -> None:
+        self._tell("connection_closed", address)
+
+    def _tell(self, event: str, *args: Any) -> None:
+        """Call every hook's ``event`` with ``args``, each guarded."""
         for index, hook in enumerate(self.hooks):
             try:
-                hook.connection_closed(address)
+                getattr(hook, event)(*args)
             except Exception:
-                self._failed(index, "connection_closed")
+                self._failed(index, event)
 
     def _failed(self, index: int, event: str) -> None:
         """Log the exception being handled, from hook ``index``'s ``event``: with its traceback, at most one
