@@ -39,15 +39,8 @@ cdef class FrameReader:
     """Splits a byte stream into frame bodies over one growable bytearray.
 
     See ``_framing_py.FrameReader`` for the contract; this is its compiled twin.
+    Its attributes are declared in ``_framing.pxd``, for the server core.
     """
-
-    cdef bytearray _buf
-    cdef object _view
-    cdef Py_ssize_t _start
-    cdef Py_ssize_t _end
-    cdef Py_ssize_t _initial
-    cdef readonly Py_ssize_t max_frame_size
-    cdef readonly unsigned long long frames
 
     def __init__(self, max_frame_size=DEFAULT_MAX_FRAME_SIZE, buffer_size=DEFAULT_BUFFER_SIZE):
         self.max_frame_size = check_max_frame_size(max_frame_size)
@@ -70,16 +63,19 @@ cdef class FrameReader:
         return len(self._buf)
 
     def get_buffer(self, Py_ssize_t sizehint=-1):
-        """Writable room after the received data, for the kernel to read into."""
-        cdef Py_ssize_t wanted = self._wanted()
-        self._reserve(sizehint if sizehint > wanted else wanted)
+        """Writable room after the received data, for the kernel to read into (``sizehint`` is not used)."""
+        self._reserve(self._wanted())
         return self._view[self._end:]
 
     def buffer_updated(self, Py_ssize_t nbytes):
         """``nbytes`` were written at the start of the last ``get_buffer`` view."""
+        self.advance(nbytes)
+
+    cdef int advance(self, Py_ssize_t nbytes) except -1:
         if nbytes < 0 or nbytes > len(self._buf) - self._end:
             raise ValueError(f"buffer_updated({nbytes!r}) is outside the buffer given out")
         self._end += nbytes
+        return 0
 
     def feed(self, data):
         """Append ``data`` to the stream."""
@@ -96,6 +92,9 @@ cdef class FrameReader:
 
     def next_frame(self):
         """The next complete frame body, or None until more data arrives."""
+        return self.next_body()
+
+    cdef object next_body(self):
         cdef Py_ssize_t start = self._start
         cdef Py_ssize_t avail = self._end - start
         cdef Py_ssize_t size
@@ -146,9 +145,8 @@ cdef class FrameReader:
         if kept + room <= capacity:
             memmove(PyByteArray_AS_STRING(self._buf), PyByteArray_AS_STRING(self._buf) + start, kept)
         else:
-            new_capacity = capacity
-            while new_capacity < kept + room:
-                new_capacity *= 2
+            # Doubled, or exactly what one large frame needs: its size is known from its header.
+            new_capacity = capacity * 2 if capacity * 2 >= kept + room else kept + room
             buf = PyByteArray_FromStringAndSize(NULL, new_capacity)
             memcpy(PyByteArray_AS_STRING(buf), PyByteArray_AS_STRING(self._buf) + start, kept)
             self._set_buffer(buf)

@@ -17,10 +17,11 @@ __all__ = ["FrameReader", "pack_frames"]
 _HEADER = 4
 _MAX_BODY = 0xFFFFFFFF
 _DEFAULT_BUFFER_SIZE = 64 * 1024
-# A read is offered at least this much room (more when the event loop's size
-# hint, 64 KiB on uvloop, or the rest of a frame whose header is in asks for
-# more); less than that and the unconsumed tail is moved to the front (or the
-# buffer grows).
+# A read is offered at least this much room (more when the rest of a frame
+# whose header is in needs more); less than that and the unconsumed tail is
+# moved to the front (or the buffer grows). The event loop's size hint is not
+# a minimum: uvloop always asks for 64 KiB, and honouring it grew the buffer
+# whenever a read ended mid-frame, to shrink it again at the next clean read.
 _MIN_READ = 16 * 1024
 # Smaller bodies are handed out as bytes copies: copying them costs less than
 # making a memoryview slice, and orjson decodes bytes faster than views.
@@ -63,8 +64,8 @@ class FrameReader:
         return len(self._buf)
 
     def get_buffer(self, sizehint: int = -1) -> memoryview:
-        """Writable room after the received data, for the kernel to read into."""
-        self._reserve(max(sizehint, self._wanted()))
+        """Writable room after the received data, for the kernel to read into (``sizehint`` is not used)."""
+        self._reserve(self._wanted())
         return self._view[self._end:]
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -135,9 +136,8 @@ class FrameReader:
         if kept + room <= capacity:
             self._view[0:kept] = self._view[start:end]
         else:
-            new_capacity = capacity
-            while new_capacity < kept + room:
-                new_capacity *= 2
+            # Doubled, or exactly what one large frame needs: its size is known from its header.
+            new_capacity = max(capacity * 2, kept + room)
             buf = bytearray(new_capacity)
             buf[0:kept] = self._view[start:end]
             self._buf = buf

@@ -119,6 +119,54 @@ def test_grows_for_a_large_frame_and_shrinks_after(impl: Any) -> None:
     assert reader.capacity == 64 * 1024
 
 
+def test_a_large_frame_gets_one_buffer_of_its_size(impl: Any) -> None:
+    """Sized from the header once, not doubled past it: a 3 MiB frame does not take 4 MiB."""
+    reader = impl.FrameReader()
+    body = b"z" * (3 * 1024 * 1024)
+    views = set()
+    data = frame(body)
+    while data:
+        view = reader.get_buffer(65536)
+        views.add(id(view.obj))
+        n = min(len(view), len(data), 60000)
+        view[:n] = data[:n]
+        reader.buffer_updated(n)
+        data = data[n:]
+    assert reader.capacity == len(body) + 4
+    assert len(views) == 2  # the first buffer, then the frame's own
+    assert bytes(reader.next_frame()) == body
+
+
+@pytest.mark.parametrize("hint", [-1, 65536, 1 << 20])
+def test_pipelined_reads_cut_mid_frame_never_reallocate(impl: Any, hint: int) -> None:
+    """uvloop asks for 64 KiB on every read. Taking that as a minimum grew the buffer to 128 KiB
+    whenever a read ended mid-frame and shrank it at the next clean read: pipelined traffic
+    reallocated over and over. The hint is only a hint: one buffer for the whole stream."""
+    reader = impl.FrameReader()
+    bodies = [b'{"in":"ping","params":"%d","id":%d}' % (i, i) for i in range(20000)]
+    stream = b"".join(frame(body) for body in bodies)
+    buffer = reader.get_buffer(hint).obj
+    reallocations = 0
+    got: List[bytes] = []
+    pos = 0
+    cuts = 0
+    while pos < len(stream):
+        view = reader.get_buffer(hint)
+        if view.obj is not buffer:
+            reallocations += 1
+            buffer = view.obj
+        n = min(len(view), len(stream) - pos, 40009)  # odd sizes: most reads end mid-frame
+        view[:n] = stream[pos:pos + n]
+        reader.buffer_updated(n)
+        pos += n
+        got += drain(reader)
+        cuts += reader.buffered > 0
+    assert got == bodies
+    assert cuts > 10  # the case at hand: many reads ended mid-frame
+    assert reallocations == 0
+    assert reader.capacity == 64 * 1024
+
+
 def test_partial_tail_survives_compaction(impl: Any) -> None:
     reader = impl.FrameReader()
     first = b"a" * 60000
