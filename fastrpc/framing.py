@@ -1,10 +1,13 @@
-"""The frame splitter and packer, compiled where possible.
+"""The compiled parts of fastrpc, or their pure-Python twins, chosen together.
 
-``IMPLEMENTATION`` says which one was loaded: ``"cython"`` (the extension
-``fastrpc._framing``) or ``"python"`` (its twin ``fastrpc._framing_py``), the
-latter when ``FASTRPC_NO_EXTENSIONS`` is set or the extension is not built.
-``FALLBACK_REASON`` says why the extension could not be loaded when it was
-not asked to be left out (None otherwise): the server warns of it.
+``FrameReader`` and ``pack_frames`` split and join frames; ``ServerCore`` is a
+server connection's per-request path (``protocol.ServerConnection`` is built
+on it). ``IMPLEMENTATION`` says which were loaded: ``"cython"`` (the
+extensions ``fastrpc._framing`` and ``fastrpc._server_core``) or ``"python"``
+(their twins ``_framing_py`` and ``_server_core_py``), the latter when
+``FASTRPC_NO_EXTENSIONS`` is set or an extension is not built.
+``FALLBACK_REASON`` says why the extensions could not be loaded when they
+were not asked to be left out (None otherwise): the server warns of it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-__all__ = ["IMPLEMENTATION", "FALLBACK_REASON", "FrameReader", "pack_frames"]
+__all__ = ["IMPLEMENTATION", "FALLBACK_REASON", "FrameReader", "ServerCore", "pack_frames"]
 
 IMPLEMENTATION: str
 FALLBACK_REASON: Optional[str] = None
@@ -20,8 +23,10 @@ FALLBACK_REASON: Optional[str] = None
 if os.environ.get("FASTRPC_NO_EXTENSIONS", "").lower() in ("", "0", "false", "no"):
     try:
         from ._framing import FrameReader, pack_frames
+        from ._server_core import ServerCore
     except ImportError as exc:
         from ._framing_py import FrameReader, pack_frames
+        from ._server_core_py import ServerCore
 
         IMPLEMENTATION = "python"
         FALLBACK_REASON = str(exc)
@@ -29,5 +34,6 @@ if os.environ.get("FASTRPC_NO_EXTENSIONS", "").lower() in ("", "0", "false", "no
         IMPLEMENTATION = "cython"
 else:
     from ._framing_py import FrameReader, pack_frames
+    from ._server_core_py import ServerCore
 
     IMPLEMENTATION = "python"

@@ -24,14 +24,13 @@ import os
 import threading
 import time
 from collections import Counter
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from . import framing
 from .errors import CallTimeout, ConnectionClosed, ErrorCode, RemoteError, code_name
 from .hooks import ClientHook
-from .framing import pack_frames
 from .net import listen_failed
-from .protocol import Method, ServerConnection
+from .protocol import Method
 from .stats import CANCELLED, MAX_APPLICATION_CODES, bounded_code
 
 # The compiled timer goes with the compiled framing (both extensions are built, or left out, together;
@@ -43,8 +42,8 @@ else:
 
 __all__ = [
     "DEFAULT_BUCKETS", "FAMILIES", "OK", "UNKNOWN_METHOD", "ClientMetrics", "MethodMetrics", "MeteredMethods",
-    "MeteredServerConnection", "MetricsBindError", "ServerMetrics", "code_label", "merge", "read_snapshot",
-    "write_snapshot",
+    "MetricsBindError", "ServerMetrics", "code_label", "merge", "read_snapshot",
+    "traffic", "write_snapshot",
 ]
 
 #: Histogram bounds in seconds: fine at the bottom, where RPC handlers mostly are (0.1 ms .. 10 s).
@@ -129,9 +128,13 @@ class ServerMetrics:
     def __init__(self, buckets: Iterable[float] = DEFAULT_BUCKETS) -> None:
         self.bounds = check_buckets(buckets)
         self.methods: Dict[str, MethodMetrics] = {}  # method name -> its handler times
-        #: [bytes received, bytes sent, frames sent], added to by every connection's core.
-        self.io = [0, 0, 0]
-        self.received_frames_closed = 0  # frames read by connections since closed (open ones are read live)
+        #: The traffic of connections since closed (``traffic``; open ones are read live from their cores).
+        self.closed = [0, 0, 0, 0]
+
+    def add_closed(self, core: Any) -> None:
+        """Keep the traffic of a connection that closed."""
+        for i, count in enumerate(traffic(core)):
+            self.closed[i] += count
 
     def method(self, name: str) -> MethodMetrics:
         counts = self.methods.get(name)
@@ -186,33 +189,14 @@ class MeteredMethods(dict):  # type: ignore[type-arg]
         return wrapped
 
 
-class MeteredServerConnection(ServerConnection):
-    """A ServerConnection that adds the frames and bytes it hands out to be written to ``io``
-    ([bytes received, bytes sent, frames sent]). What it reads the server's connection counts
-    as it hands the bytes in, and frames received the core counts already (``progress``)."""
-
-    def __init__(self, io: List[int], *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._io = io
-
-    def data_to_send(self) -> bytes:
-        # ServerConnection.data_to_send with the counting in it: calling it from here would cost
-        # a Python call per read, a tenth of what metrics cost at one request per read.
-        out = self._out
-        if not out:
-            data = b""
-        else:
-            self._out = []
-            data = pack_frames(out)
-            self._io[2] += len(out)
-        if self._raw_reply:
-            data, self._raw_reply = data + self._raw_reply, b""
-        self._io[1] += len(data)
-        return data
+def traffic(core: Any) -> Tuple[int, int, int, int]:
+    """A connection core's (bytes received, bytes sent, frames received, frames sent): counted by
+    the core as it goes (in C where compiled), summed only when metrics are read."""
+    return core.bytes_received, core.bytes_sent, core.progress[0], core.frames_sent
 
 
 def server_snapshot(stats: Any, metrics: ServerMetrics, registered: Iterable[str], in_flight: Mapping[str, int],
-                    connections: int, received_frames: int) -> Snapshot:
+                    connections: int, io: Sequence[int]) -> Snapshot:
     """A server's families as plain data (see ``Server.metrics_snapshot``, which gathers the live part)."""
     known = set(registered)
     label = lambda name: name if name in known else UNKNOWN_METHOD  # noqa: E731
@@ -237,7 +221,6 @@ def server_snapshot(stats: Any, metrics: ServerMetrics, registered: Iterable[str
         started[name] += count
     for name, count in in_flight.items():
         started[label(name)] += count
-    io = metrics.io
     families = {
         "fastrpc_server_started_total": [[[name], count] for name, count in sorted(started.items())],
         "fastrpc_server_handled_total": [[list(key), count] for key, count in sorted(handled.items())],
@@ -247,8 +230,8 @@ def server_snapshot(stats: Any, metrics: ServerMetrics, registered: Iterable[str
         "fastrpc_server_connections_opened_total": [[[], stats.connections_opened]],
         "fastrpc_server_received_bytes_total": [[[], io[0]]],
         "fastrpc_server_sent_bytes_total": [[[], io[1]]],
-        "fastrpc_server_received_frames_total": [[[], received_frames]],
-        "fastrpc_server_sent_frames_total": [[[], io[2]]],
+        "fastrpc_server_received_frames_total": [[[], io[2]]],
+        "fastrpc_server_sent_frames_total": [[[], io[3]]],
         "fastrpc_server_protocol_errors_total": [[[kind], protocol[kind]] for kind in sorted(set(PROTOCOL_ERRORS.values()))],
     }
     return {"bounds": list(metrics.bounds), "families": families}

@@ -31,7 +31,8 @@ from .errors import (
     ShuttingDown,
     remote_error,
 )
-from .framing import FrameReader, pack_frames
+from .absent import ABSENT
+from .framing import FrameReader, ServerCore, pack_frames
 from .limits import DEFAULT_MAX_FRAME_SIZE, META_MAX_BYTES, META_MAX_ENTRIES, PROBE_LENGTH, PROBE_REPLY
 
 __all__ = [
@@ -45,17 +46,6 @@ _JSONDecodeError = orjson.JSONDecodeError
 
 Id = Union[int, str]
 
-
-class _Absent:
-    """Marks params left out of a request (``None`` is a valid JSON null)."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "ABSENT"
-
-
-ABSENT: Any = _Absent()
 
 # Responses are written with the separators of Python's json.dumps, so that
 # {"in": "ping", "params": "sha params"} gets the same bytes the seed's
@@ -205,10 +195,6 @@ class Call:
         self.meta = meta  # a context method's metadata, for the task that runs it (enter_metadata)
 
 
-class _Hold(Exception):
-    """Raised past ``spawn`` when it says the limit of calls in flight is reached."""
-
-
 def _refuse(params: Any) -> Any:
     raise ShuttingDown("the server is shutting down", {"started": False})
 
@@ -247,24 +233,10 @@ class _Refusing:
 _NOTICES_REPLY = Method(NOTICES_METHOD, lambda params: None)  # only its reply prefix is used
 
 
-class ServerConnection:
-    """One server-side connection's protocol state.
-
-    Feed it bytes (``receive_data``, or ``get_buffer``/``buffer_updated``);
-    sync handlers run at once, async ones are handed to ``spawn`` as a
-    ``Call``. When ``spawn`` returns true (too many calls in flight), the
-    frames after that call stay buffered until the next ``buffer_updated``;
-    ``buffer_updated(0)`` handles them without new data. ``data_to_send``
-    returns every response that may go out now, framed, as one bytes. Once
-    ``closing`` is true the connection must be closed after that data is
-    sent. ``report(method, exc)`` is told of every handler failure answered
-    with the internal error (not the ``RemoteError``s handlers raise on
-    purpose), for the server to log. ``count_error(name, code, returned)`` is
-    told of every error frame: the method's name (None when the frame answers
-    no known method: not JSON, not a request, no such method, too large) and
-    the code; ``returned`` when the handler had returned (its result could not
-    be sent). Only errors are told: successes stay on the fast path.
-    """
+class _RarerPaths:
+    """What ``ServerConnection`` adds to its ``ServerCore``: set-up and everything rarer than a
+    valid call, which the core calls on itself. A class of its own so that the same paths go
+    on top of either core (the tests build the one not chosen, to run both)."""
 
     def __init__(
         self,
@@ -277,22 +249,13 @@ class ServerConnection:
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         debug: bool = False,
     ) -> None:
-        self._methods = methods
+        super().__init__(methods, max_frame_size)  # type: ignore[call-arg]
         self._spawn = spawn
         self._cancel = cancel
         self._report = report
         self._count_error = count_error
         self._debug = debug
-        self._reader = FrameReader(max_frame_size)
         self.get_buffer = self._reader.get_buffer
-        self._max_frame_size = max_frame_size
-        self._out: List[bytes] = []
-        # One slot per id-less request still owed an answer, oldest first;
-        # a slot holds None until its response body is ready.
-        self._slots: Deque[List[Optional[bytes]]] = deque()
-        self._raw_reply = b""
-        self._fresh = True  # nothing received yet: a text probe is possible
-        self.closing = False
         self.notices = False  # the peer asked for notices (rpc.notices)
 
     @property
@@ -312,88 +275,33 @@ class ServerConnection:
         against them, others against no known method."""
         self._methods = _Refusing({} if kept is None else kept, known)
 
-    # -- input ---------------------------------------------------------------
-
-    def receive_data(self, data: bytes) -> bytes:
-        """Take bytes from the peer and handle every complete frame; returns ``data_to_send()``."""
-        self._reader.feed(data)
-        return self.buffer_updated(0)
-
-    def buffer_updated(self, nbytes: int) -> bytes:
-        """``nbytes`` were read into the last ``get_buffer`` view: handle every
-        complete frame; returns ``data_to_send()``, so that a read costs one call."""
-        reader = self._reader
-        reader.buffer_updated(nbytes)
-        if not self.closing:
-            next_frame = reader.next_frame
-            try:
-                body = next_frame()
-                if body is not None:
-                    self._fresh = False
-                    receive_frame = self._receive_frame
-                    while body is not None:
-                        receive_frame(body)
-                        body = next_frame()
-            except FrameTooLarge as exc:
-                self._frame_too_large(exc)
-            except _Hold:
-                pass
-        return self.data_to_send()
+    # -- what the core leaves to this class ------------------------------------
 
     def _frame_too_large(self, exc: FrameTooLarge) -> None:
         self.closing = True
         if self._fresh and exc.size == PROBE_LENGTH:
             self._raw_reply = PROBE_REPLY
         else:
-            self._out.append(self._error(None, ErrorCode.FRAME_TOO_LARGE, str(exc), {"size": exc.size, "limit": exc.limit}))
+            self._send(self._error(None, ErrorCode.FRAME_TOO_LARGE, str(exc), {"size": exc.size, "limit": exc.limit}))
 
-    def _receive_frame(self, body: Union[bytes, memoryview]) -> None:
-        # The hot path: a valid request costs this frame, the handler's and
-        # _result_body's. Anything unusual goes to _reject for its exact error.
-        try:
-            request = _loads(body)
-            rid = request.get("id")  # AttributeError: not an object
-            method = self._methods[request["in"]]  # KeyError, TypeError: no such method, or 'in' unhashable
-        except (_JSONDecodeError, AttributeError, KeyError, TypeError):
-            return self._reject(body)
-        if type(rid) not in _ID_TYPES:
-            return self._reject(body)
-        params = request.get("params", ABSENT)
-        func = method.func
-        try:
-            if method.unbound:
-                result = self._call_in_context(method, request, params) if method.context else func(
-                    None if params is ABSENT else params)
-            elif type(params) is list:
-                result = func(*params)
-            elif type(params) is dict:
-                result = func(**params)
-            elif params is ABSENT:
-                result = func()
-            else:
-                result = func(params)
-        except BaseException as exc:  # SystemExit and KeyboardInterrupt too: a handler's fault, not the server's
-            return self._reply(rid, self._error_body(method, params, exc, rid))
-        if method.is_async:
-            deadline = request.get("deadline")  # only a call that waits can be given up on
-            if deadline is not None:
-                if type(deadline) not in (int, float) or deadline < 0:
-                    result.close()  # never run
-                    return self._reply(rid, self._error(
-                        method, ErrorCode.INVALID_REQUEST, "invalid request: 'deadline' must be milliseconds, 0 or more", None, rid))
-                deadline /= 1000
-            slot: Optional[List[Optional[bytes]]] = None
-            if rid is None:
-                slot = [None]
-                self._slots.append(slot)
-            # A context method's metadata, checked by _call_in_context, goes with its call to the task.
-            meta = (request.get("meta") or {}) if method.context else None
-            if self._spawn(Call(method, rid, slot, result, params, deadline, meta)):
-                raise _Hold  # at the limit of calls in flight: leave the next frames buffered
-        elif rid is None and self._slots:
-            self._slots.append([self._result_body(method, result, rid)])
-        else:
-            self._out.append(self._result_body(method, result, rid))
+    def _begin(self, method: Method, request: Dict[str, Any], rid: Optional[Id], params: Any, coro: Any) -> bool:
+        """Hand an async handler's coroutine to ``spawn``; true when the limit of calls in flight
+        is reached (the frames after it stay buffered)."""
+        deadline = request.get("deadline")  # only a call that waits can be given up on
+        if deadline is not None:
+            if type(deadline) not in (int, float) or deadline < 0:
+                coro.close()  # never run
+                self._reply(rid, self._error(
+                    method, ErrorCode.INVALID_REQUEST, "invalid request: 'deadline' must be milliseconds, 0 or more", None, rid))
+                return False
+            deadline /= 1000
+        slot: Optional[List[Optional[bytes]]] = None
+        if rid is None:
+            slot = [None]
+            self._slots.append(slot)
+        # A context method's metadata, checked by _call_in_context, goes with its call to the task.
+        meta = (request.get("meta") or {}) if method.context else None
+        return bool(self._spawn(Call(method, rid, slot, coro, params, deadline, meta)))
 
     def _call_in_context(self, method: Method, request: Dict[str, Any], params: Any) -> Any:
         """Call a ``context`` method with its call's metadata current (the slower path)."""
@@ -441,13 +349,13 @@ class ServerConnection:
             return self._reply(None, self._error(
                 None, ErrorCode.INVALID_REQUEST, f"invalid request: {NOTICES_METHOD!r} needs an id (a notice has none)"))
         self.notices = True
-        self._out.append(self._result_body(_NOTICES_REPLY, list(NOTICES), rid))
+        self._send(self._result_body(_NOTICES_REPLY, list(NOTICES), rid))
 
     def drain_notice(self, reason: str) -> bool:
         """Queue the drain notice (``reason``: "shutdown", "max_age") if the peer asked
         for notices; whether it did. Replies owed are still sent after it."""
         if self.notices:
-            self._out.append(_dumps({"notice": "drain", "reason": reason}))
+            self._send(_dumps({"notice": "drain", "reason": reason}))
         return self.notices
 
     # -- outcomes --------------------------------------------------------------
@@ -463,12 +371,12 @@ class ServerConnection:
     def _settle(self, call: Call, body: bytes) -> None:
         slot = call.slot
         if slot is None:
-            self._out.append(body)
+            self._send(body)
             return
         slot[0] = body
         slots = self._slots
         while slots and slots[0][0] is not None:
-            self._out.append(slots.popleft()[0])  # type: ignore[arg-type]
+            self._send(slots.popleft()[0])
 
     def _reply(self, rid: Optional[Id], body: bytes) -> None:
         body = self._fit(body, rid)
@@ -476,23 +384,14 @@ class ServerConnection:
         if rid is None and self._slots:
             self._slots.append([body])
         else:
-            self._out.append(body)
+            self._send(body)
 
-    def _result_body(self, method: Method, result: Any, rid: Optional[Id]) -> bytes:
-        try:
-            encoded = _dumps(result)
-        except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
-            if self._report is not None:
-                self._report(method, exc)
-            return self._error(method, ErrorCode.INTERNAL_ERROR, f"result of {method.name!r} is not JSON serializable: {exc}", None, rid,
-                               True)
-        if rid is None:
-            body = method.prefix + encoded + b"}"
-        else:
-            body = b"".join((method.prefix, encoded, _ID_PART, _dumps(rid), b"}"))
-        if len(body) > self._max_frame_size:  # checked here, not by a call: this is the hot path
-            return self._fit(body, rid, method)
-        return body
+    def _unencodable(self, method: Method, exc: TypeError, rid: Optional[Id]) -> bytes:
+        """The error body that replaces a result orjson cannot write."""
+        if self._report is not None:
+            self._report(method, exc)
+        return self._error(method, ErrorCode.INTERNAL_ERROR, f"result of {method.name!r} is not JSON serializable: {exc}", None, rid,
+                           True)
 
     def _fit(self, body: bytes, rid: Optional[Id], returned: Optional[Method] = None) -> bytes:
         """``body``, or the -32000 error that replaces a response over the maximum frame size (section 1);
@@ -523,19 +422,29 @@ class ServerConnection:
             self._count_error(method.name, code, False)
         return body
 
-    # -- output ----------------------------------------------------------------
 
-    def data_to_send(self) -> bytes:
-        """Every response that may be sent now, framed, in order."""
-        out = self._out
-        if not out:
-            data = b""
-        else:
-            self._out = []
-            data = pack_frames(out)
-        if self._raw_reply:
-            data, self._raw_reply = data + self._raw_reply, b""
-        return data
+class ServerConnection(_RarerPaths, ServerCore):
+    """One server-side connection's protocol state.
+
+    Feed it bytes (``receive_data``, or ``get_buffer``/``buffer_updated``);
+    sync handlers run at once, async ones are handed to ``spawn`` as a
+    ``Call``. When ``spawn`` returns true (too many calls in flight), the
+    frames after that call stay buffered until the next ``buffer_updated``;
+    ``buffer_updated(0)`` handles them without new data. ``data_to_send``
+    returns every response that may go out now, framed, as one bytes. Once
+    ``closing`` is true the connection must be closed after that data is
+    sent. ``report(method, exc)`` is told of every handler failure answered
+    with the internal error (not the ``RemoteError``s handlers raise on
+    purpose), for the server to log. ``count_error(name, code, returned)`` is
+    told of every error frame: the method's name (None when the frame answers
+    no known method: not JSON, not a request, no such method, too large) and
+    the code; ``returned`` when the handler had returned (its result could not
+    be sent). Only errors are told: successes stay on the fast path.
+    ``bytes_received``, ``bytes_sent`` and ``frames_sent`` count the traffic.
+
+    The per-request path is ``ServerCore`` (compiled, ``fastrpc._server_core``,
+    or its twin); this class adds what is rarer.
+    """
 
 
 class ClientConnection:

@@ -22,7 +22,7 @@ from . import framing
 from .framing import pack_frames
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
 from .auth import TokenGate
-from .metrics import (MeteredMethods, MeteredServerConnection, meter, MetricsBindError, ServerMetrics, server_snapshot,
+from .metrics import (MeteredMethods, meter, MetricsBindError, ServerMetrics, server_snapshot, traffic,
                       write_snapshot)
 from .middleware import HookedMethods, Middleware
 from .net import address_text, set_nodelay
@@ -273,15 +273,16 @@ class Server:
         if self.metrics is None:
             raise RuntimeError("metrics are off: call enable_metrics() before start")
         in_flight: Dict[str, int] = {}
-        frames = self.metrics.received_frames_closed
+        io = list(self.metrics.closed)
         for connection in (*self._connections, *self._ending):
-            frames += connection._core.progress[0]
+            for i, count in enumerate(traffic(connection._core)):
+                io[i] += count
             for call in connection._tasks:
                 in_flight[call.method.name] = in_flight.get(call.method.name, 0) + 1
-        for connection in self._lingering:  # their frames are in received_frames_closed already
+        for connection in self._lingering:  # their traffic is in metrics.closed already
             for call in connection._tasks:
                 in_flight[call.method.name] = in_flight.get(call.method.name, 0) + 1
-        return server_snapshot(self.stats, self.metrics, self.methods, in_flight, len(self._connections), frames)
+        return server_snapshot(self.stats, self.metrics, self.methods, in_flight, len(self._connections), io)
 
     def _write_snapshot(self, again: bool = True) -> None:
         """Write the snapshot for the supervisor; ``again``: and the next one SNAPSHOT_INTERVAL later,
@@ -336,10 +337,9 @@ class Server:
                 raise MetricsBindError(metrics_host, metrics_port, exc) from exc
             address = self.metrics_address or ("?", "?")
             log.info("fastrpc serving metrics on http://%s:%s/metrics", address[0], address[1])
-        connection = _Connection if self.metrics is None else _MeteredConnection
         try:
             self._server = await loop.create_server(
-                lambda: connection(self), host, port, ssl=ssl, reuse_port=reuse_port or None, backlog=backlog, **handshake
+                lambda: _Connection(self), host, port, ssl=ssl, reuse_port=reuse_port or None, backlog=backlog, **handshake
             )
         except BaseException:
             if self._metrics_http is not None:
@@ -516,12 +516,8 @@ class _Connection(asyncio.BufferedProtocol):
         self._server = server
         options = dict(cancel=self._cancel_by_id, report=self._handler_failed, count_error=server.stats.count_error,
                        max_frame_size=server.max_frame_size, debug=server.debug)
-        core: ServerConnection
-        if server.metrics is None:
-            core = ServerConnection(server.methods, self._spawn, **options)  # type: ignore[arg-type]
-        else:
-            core = MeteredServerConnection(server.metrics.io, server._metered, self._spawn, **options)
-        self._core = core
+        registry = server.methods if server.metrics is None else server._metered
+        self._core = core = ServerConnection(registry, self._spawn, **options)  # type: ignore[arg-type]
         # The transport looks get_buffer up once, before connection_made:
         # binding the core's own method here spares a Python call per read.
         self.get_buffer = core.get_buffer  # type: ignore[method-assign]
@@ -607,7 +603,7 @@ class _Connection(asyncio.BufferedProtocol):
                 del self._tasks[call]
                 call.coro.close()  # never awaited, never to be
         if server.metrics is not None:
-            server.metrics.received_frames_closed += self._core.progress[0]
+            server.metrics.add_closed(self._core)
         server._forget(self)
         log.debug("connection from %s closed%s", address_text(self._peer), f": {exc}" if exc else "")
 
@@ -623,10 +619,9 @@ class _Connection(asyncio.BufferedProtocol):
         server = self._server
         server.stats.count_error(None, code)
         data = pack_frames([encode_error(code, message)])
-        if server.metrics is not None:
-            io = server.metrics.io
-            io[1] += len(data)
-            io[2] += 1
+        if server.metrics is not None:  # written past the core: counted as a closed connection's
+            server.metrics.closed[1] += len(data)
+            server.metrics.closed[3] += 1
         self._transport.write(data)
         self.end()
 
@@ -858,28 +853,6 @@ class _Connection(asyncio.BufferedProtocol):
         if data:
             self._transport.write(data)
         if self._eof and not self._tasks:
-            self.end()
-        elif self._state is DRAINING:
-            self._close_when_quiet()
-
-
-class _MeteredConnection(_Connection):
-    """A connection of a server with metrics on: counts the bytes it reads (its core, a
-    MeteredServerConnection, counts what it writes)."""
-
-    def __init__(self, server: Server) -> None:
-        super().__init__(server)
-        metrics: ServerMetrics = server.metrics  # type: ignore[assignment]
-        self._io = metrics.io
-
-    def buffer_updated(self, nbytes: int) -> None:
-        # _Connection.buffer_updated with the count in it: calling it from here would cost a Python call per read.
-        self._io[0] += nbytes
-        core = self._core
-        data = core.buffer_updated(nbytes)
-        if data:
-            self._transport.write(data)
-        if core.closing:
             self.end()
         elif self._state is DRAINING:
             self._close_when_quiet()

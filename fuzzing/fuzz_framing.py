@@ -171,7 +171,7 @@ class Run:
             if not chunk or self.stopped:
                 break
             sizehint = fdp.ConsumeIntInRange(-1, 1 << 18)
-            wanted = max(sizehint, MIN_READ, self.model.pending_frame_rest())
+            wanted = max(MIN_READ, self.model.pending_frame_rest())  # the hint is only a hint
             views = [r.get_buffer(sizehint) for r in self.readers]
             room = agree("len(get_buffer())", [("room", len(v)) for v in views])[1]
             if room < wanted:

@@ -41,7 +41,14 @@ from fuzzing.harness import fuzz, split_frames  # noqa: E402
 with atheris.instrument_imports(include=["fastrpc"]):
     from fastrpc.errors import DeadlineExceeded, ErrorCode, RemoteError, ShuttingDown
     from fastrpc.limits import PROBE_HEADER, PROBE_REPLY
-    from fastrpc.protocol import ABSENT, Call, Method, ServerConnection
+    from fastrpc import _server_core_py
+    from fastrpc.protocol import ABSENT, Call, Method, ServerConnection, _RarerPaths
+
+#: ServerConnection over each core there is: the chosen one (compiled where built) and, beside a
+#: compiled one, the same paths over the pure-Python twin. Each input runs on all: they must agree.
+CONNECTIONS = [ServerConnection]
+if not issubclass(ServerConnection, _server_core_py.ServerCore):
+    CONNECTIONS.append(type("ServerConnection", (_RarerPaths, _server_core_py.ServerCore), {}))
 
 MAX_SIZES = (16, 100, 300, 1024, 4096, 1 << 16, 1 << 20, 16 << 20)
 MAX_OPS = 128
@@ -293,10 +300,11 @@ def check_reply(body: bytes, max_frame_size: int) -> Dict[str, Any]:
 class Conversation:
     """One connection: the core, the calls it handed out, everything sent and received."""
 
-    def __init__(self, fdp: Any, max_frame_size: int, debug: bool) -> None:
+    def __init__(self, fdp: Any, max_frame_size: int, debug: bool, connection: type = ServerConnection) -> None:
         self.fdp = fdp
         self.max_frame_size = max_frame_size
-        self.core = ServerConnection(dict(METHODS), self.spawn, cancel=self.cancel, max_frame_size=max_frame_size, debug=debug)
+        self.debug = debug
+        self.core = connection(dict(METHODS), self.spawn, cancel=self.cancel, max_frame_size=max_frame_size, debug=debug)
         self.stream = bytearray()  # every byte the core was given
         self.output = bytearray()  # every byte it returned
         self.calls: List[Call] = []  # async calls handed out and not finished
@@ -447,11 +455,21 @@ def check_conversation(talk: Conversation) -> None:
 # -- the target -----------------------------------------------------------------------------------------
 
 def run_input(data: bytes) -> Conversation:
-    """Run one script and return the conversation; raises AssertionError (or whatever the core
-    raised) on a broken rule."""
+    """Run one script on every core and return the first's conversation; raises AssertionError
+    (or whatever a core raised) on a broken rule, or when the cores answer differently."""
+    talks = [converse(data, connection) for connection in CONNECTIONS]
+    first = talks[0]
+    for other in talks[1:]:  # in debug mode a traceback names the core's own source lines
+        if not first.debug and bytes(other.output) != bytes(first.output):
+            raise AssertionError(f"the cores disagree: {bytes(first.output)[:300]!r} vs {bytes(other.output)[:300]!r}")
+    return first
+
+
+def converse(data: bytes, connection: type) -> Conversation:
+    """Run one script on one ``connection`` class, checking the conversation."""
     fdp = atheris.FuzzedDataProvider(data)
     max_frame_size = MAX_SIZES[fdp.ConsumeIntInRange(0, len(MAX_SIZES) - 1)]
-    talk = Conversation(fdp, max_frame_size, debug=fdp.ConsumeIntInRange(0, 1) == 1)
+    talk = Conversation(fdp, max_frame_size, debug=fdp.ConsumeIntInRange(0, 1) == 1, connection=connection)
     for _ in range(MAX_OPS):
         if not fdp.remaining_bytes() or talk.core.closing or len(talk.stream) > MAX_STREAM:
             break

@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterator, List
 import pytest
 
 import fastrpc
-from fastrpc import _framing_py, framing
+from fastrpc import _framing_py, _server_core_py, framing, protocol
 from fastrpc.server import BUILTIN_PREFIX, new_event_loop
 
 try:
@@ -31,6 +31,21 @@ IMPLEMENTATIONS = {"python": _framing_py}
 if _framing_c is not None:
     IMPLEMENTATIONS["cython"] = _framing_c
 
+
+def _server_connection_on(core: type) -> type:
+    """``protocol.ServerConnection`` over ``core``: the chosen one, or the same paths over the other."""
+    if issubclass(protocol.ServerConnection, core):
+        return protocol.ServerConnection
+    return type("ServerConnection", (protocol._RarerPaths, core), {"__doc__": protocol.ServerConnection.__doc__})
+
+
+#: The server connection of each implementation, its per-request path compiled or not.
+SERVER_CONNECTIONS = {"python": _server_connection_on(_server_core_py.ServerCore)}
+if _framing_c is not None:
+    from fastrpc import _server_core as _server_core_c
+
+    SERVER_CONNECTIONS["cython"] = _server_connection_on(_server_core_c.ServerCore)
+
 TEST_TIMEOUT = 30.0
 
 T = TypeVar("T")
@@ -38,23 +53,24 @@ T = TypeVar("T")
 # -- which framing runs ------------------------------------------------------------------
 #
 # Every module of the package that uses the framing imported FrameReader and pack_frames
-# from fastrpc.framing under its own names (protocol, server, loadgen, ...). To run a test
-# under one implementation, each of those names is pointed at it, wherever it is held: the
-# modules are found by what they hold, not by a list, so a new user of the framing is
-# covered without being named here. Every module is imported first (a module imported
+# from fastrpc.framing under its own names (protocol, server, loadgen, ...), and
+# ServerConnection (its per-request path compiled or not) from fastrpc.protocol, as test
+# modules do. To run a test under one implementation, each of those names is pointed at it,
+# wherever it is held: the modules are found by what they hold, not by a list, so a new
+# user of the framing is covered without being named here. Every module is imported first (a module imported
 # later, during a test, would keep the default); __main__ is left out, as importing it runs
 # the command line.
 
-_FRAMING_MODULES = {"fastrpc._framing", "fastrpc._framing_py"}  # the implementations themselves
+_FRAMING_MODULES = {"fastrpc._framing", "fastrpc._framing_py", "fastrpc._server_core", "fastrpc._server_core_py"}  # the implementations
 for _info in pkgutil.walk_packages(fastrpc.__path__, "fastrpc."):
     if _info.name not in _FRAMING_MODULES and _info.name != "fastrpc.__main__":
         importlib.import_module(_info.name)
 
 
 def framing_users() -> Iterator[ModuleType]:
-    """Every loaded fastrpc module but the two implementations."""
+    """Every loaded fastrpc module but the implementations, and every test module."""
     for name, module in list(sys.modules.items()):
-        if (name == "fastrpc" or name.startswith("fastrpc.")) and name not in _FRAMING_MODULES and module is not None:
+        if (name == "fastrpc" or name.startswith(("fastrpc.", "tests."))) and name not in _FRAMING_MODULES and module is not None:
             yield module
 
 
@@ -65,6 +81,8 @@ def use_framing(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     for module in IMPLEMENTATIONS.values():
         for attr in ("FrameReader", "pack_frames"):
             replacement[id(getattr(module, attr))] = getattr(chosen, attr)
+    for connection in SERVER_CONNECTIONS.values():
+        replacement[id(connection)] = SERVER_CONNECTIONS[name]
     for module in framing_users():
         for attr, value in list(vars(module).items()):
             new = replacement.get(id(value))

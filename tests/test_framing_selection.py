@@ -20,7 +20,7 @@ import fastrpc
 from fastrpc import _framing_py, framing
 from fastrpc.loadgen import run_load
 
-from .conftest import IMPLEMENTATIONS, RawConnection, demo_server, framing_users, serving, within
+from .conftest import IMPLEMENTATIONS, SERVER_CONNECTIONS, RawConnection, demo_server, framing_users, serving, within
 
 STEP = 10.0
 
@@ -56,8 +56,10 @@ def selected(framing_impl: Any) -> str:
 
 
 def test_no_module_keeps_the_other_framing(framing_impl: Any) -> None:
+    name = selected(framing_impl)
     others = {id(getattr(module, attr)) for module in IMPLEMENTATIONS.values() if module is not framing_impl
               for attr in ("FrameReader", "pack_frames")}
+    others |= {id(connection) for other, connection in SERVER_CONNECTIONS.items() if other != name}
     kept = [f"{module.__name__}.{attr}" for module in framing_users()
             for attr, value in vars(module).items() if id(value) in others]
     assert not kept, f"still on the other framing under {selected(framing_impl)!r}: {kept}"
@@ -83,9 +85,9 @@ def test_server_and_client_run_the_selected_framing(run: Any, framing_impl: Any)
         assert not seen, f"the pure-Python framing ran under 'cython': {sorted(seen)}"
         return
     callers = {caller for _, caller in seen}
-    for expected in ("protocol.py:ServerConnection.__init__",  # the server's reader is made...
-                     "protocol.py:ServerConnection.buffer_updated",  # ...and splits the requests
-                     "protocol.py:ServerConnection.data_to_send",  # replies are packed
+    for expected in ("_server_core_py.py:ServerConnection.__init__",  # the server's reader is made...
+                     "_server_core_py.py:ServerConnection.buffer_updated",  # ...and splits the requests
+                     "_server_core_py.py:ServerConnection.data_to_send",  # replies are packed
                      "protocol.py:ClientConnection.__init__",  # the client's side too
                      "protocol.py:ClientConnection.buffer_updated"):
         assert expected in callers, f"{expected} did not run the pure-Python framing: {sorted(seen)}"

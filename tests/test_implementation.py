@@ -19,24 +19,26 @@ def test_extension_is_built_and_loaded() -> None:
     assert framing.IMPLEMENTATION == expected
     if expected == "cython":
         assert framing.FrameReader.__module__ == "fastrpc._framing"
+        assert framing.ServerCore.__module__ == "fastrpc._server_core"
+    assert issubclass(fastrpc.protocol.ServerConnection, framing.ServerCore)
 
 
 def check_env(value: str) -> str:
     env = dict(os.environ, FASTRPC_NO_EXTENSIONS=value)
     out = subprocess.run(
-        [sys.executable, "-c", "import fastrpc.framing as f; print(f.IMPLEMENTATION, f.FrameReader.__module__)"],
+        [sys.executable, "-c", "import fastrpc.framing as f; print(f.IMPLEMENTATION, f.FrameReader.__module__, f.ServerCore.__module__)"],
         env=env, capture_output=True, text=True, timeout=60, check=True,
     )
     return out.stdout.strip()
 
 
 def test_no_extensions_env_selects_python() -> None:
-    assert check_env("1") == "python fastrpc._framing_py"
+    assert check_env("1") == "python fastrpc._framing_py fastrpc._server_core_py"
 
 
 def test_no_extensions_env_off_values() -> None:
     if not ENV_NO_EXT:
-        assert check_env("0") == "cython fastrpc._framing"
+        assert check_env("0") == "cython fastrpc._framing fastrpc._server_core"
 
 
 def test_exports() -> None:
@@ -53,4 +55,5 @@ def test_typing_files_are_shipped() -> None:
     package = os.path.dirname(fastrpc.__file__)
     assert os.path.exists(os.path.join(package, "py.typed"))
     assert os.path.exists(os.path.join(package, "_framing.pyi"))
+    assert os.path.exists(os.path.join(package, "_server_core.pyi"))
     assert os.path.exists(os.path.join(package, "_timing.pyi"))

@@ -20,14 +20,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import fastrpc
 from fastrpc.errors import ErrorCode
-from fastrpc.metrics import UNKNOWN_METHOD, ClientMetrics, MeteredServerConnection
+from fastrpc.metrics import UNKNOWN_METHOD, ClientMetrics, traffic
 import fastrpc.prometheus
 from fastrpc.prometheus import MAX_SCRAPES, registry_of
 from fastrpc.protocol import Method, ServerConnection
 from fastrpc.server import SNAPSHOT_INTERVAL
 from fastrpc.stats import MAX_APPLICATION_CODES
 
-from .conftest import TEST_TIMEOUT, free_port, serve, serving_in_thread
+from .conftest import SERVER_CONNECTIONS, TEST_TIMEOUT, free_port, serve, serving_in_thread
 
 Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
 
@@ -355,24 +355,22 @@ def test_a_call_cancelled_before_it_started_is_counted() -> None:
     assert value(samples, "fastrpc_server_started_total", method="nap") == 1
 
 
-def test_the_metered_core_writes_what_the_core_writes() -> None:
-    """MeteredServerConnection.data_to_send is a copy of the core's with counting: the same bytes, all counted."""
+@pytest.mark.parametrize("name", sorted(SERVER_CONNECTIONS))
+def test_every_core_counts_its_traffic(name: str) -> None:
+    """Each core counts what it reads and writes as it goes (metrics read the counts): every byte and
+    frame it returned, the text probe's reply included, and the frames it took."""
+    connection = SERVER_CONNECTIONS[name]
     methods = {"add": Method("add", lambda a, b: a + b)}
     frames = b"".join(struct.pack(">I", len(b)) + b for b in (b'{"in": "add", "params": [1, 2]}', b"nope",
                                                               b'{"in": "add", "params": [1], "id": 1}'))
-    plain, io = ServerConnection(methods, lambda call: False), [0, 0, 0]
-    metered = MeteredServerConnection(io, methods, lambda call: False)
+    core = connection(methods, lambda call: False)
     written = b""
     for data in (frames, struct.pack(">I", 10**9)):  # three replies, then the frame-too-large error
-        out = metered.receive_data(data)
-        assert out == plain.receive_data(data)
-        written += out
-    assert io == [0, len(written), 4]
-    probe_io = [0, 0, 0]
-    probe = MeteredServerConnection(probe_io, methods, lambda call: False)
+        written += core.receive_data(data)
+    assert traffic(core) == (len(frames) + 4, len(written), 3, 4)
+    probe = connection(methods, lambda call: False)
     reply = probe.receive_data(b"ping")  # the text probe: bytes, but no frame
-    assert reply == ServerConnection(methods, lambda call: False).receive_data(b"ping") != b""
-    assert probe_io == [0, len(reply), 0]
+    assert reply != b"" and traffic(probe) == (4, len(reply), 0, 0)
 
 
 # -- clients --------------------------------------------------------------------------------

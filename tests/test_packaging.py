@@ -31,7 +31,8 @@ PURE_SWITCH = "FASTRPC_PURE_PYTHON"
 # docs need the repository around them and stay there; generated files (.c, .so, .html) never travel.
 SDIST_FILES = {
     "setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "LICENSE", "scripts/smoke_test.py",
-    "fastrpc/_framing.pyx", "fastrpc/_framing.pyi", "fastrpc/_timing.pyx", "fastrpc/_timing.pyi", "fastrpc/py.typed",
+    "fastrpc/_framing.pyx", "fastrpc/_framing.pxd", "fastrpc/_framing.pyi", "fastrpc/_server_core.pyx", "fastrpc/_server_core.pyi",
+    "fastrpc/_timing.pyx", "fastrpc/_timing.pyi", "fastrpc/py.typed",
 }
 SDIST_METADATA = {"PKG-INFO", "setup.cfg"}
 
@@ -127,7 +128,7 @@ def test_without_a_compiler_the_build_fails_loudly_or_goes_pure_when_asked(sourc
     failed = run([str(python), "-m", "pip", "install", str(source)], env=no_compiler)
     assert failed.returncode != 0
     output = failed.stdout + failed.stderr
-    assert "could not build its C extensions (fastrpc._framing, fastrpc._timing)" in output
+    assert "could not build its C extensions (fastrpc._framing, fastrpc._server_core, fastrpc._timing)" in output
     assert f"{PURE_SWITCH}=1 pip install" in output
     assert run([str(python), "-c", "import fastrpc"]).returncode != 0, "a failed build installed something"
 

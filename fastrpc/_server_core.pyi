@@ -1,0 +1,22 @@
+from collections import deque
+from typing import Any, List, Optional, Union
+
+from ._framing import FrameReader
+
+class ServerCore:
+    _reader: FrameReader
+    _methods: Any
+    _slots: deque[List[Optional[bytes]]]
+    _raw_reply: bytes
+    _fresh: bool
+    closing: bool
+    _max_frame_size: int
+    bytes_received: int
+    bytes_sent: int
+    frames_sent: int
+    def __init__(self, methods: Any, max_frame_size: int) -> None: ...
+    def receive_data(self, data: bytes) -> bytes: ...
+    def buffer_updated(self, nbytes: int) -> bytes: ...
+    def _result_body(self, method: Any, result: Any, rid: Optional[Union[int, str]]) -> bytes: ...
+    def _send(self, body: bytes) -> None: ...
+    def data_to_send(self) -> bytes: ...

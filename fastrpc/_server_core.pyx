@@ -1,0 +1,300 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""A server connection's per-request path, compiled.
+
+The twin ``_server_core_py.py`` holds the contract and the same logic in Python; this one
+runs a valid call of a sync handler with no Python frame but the handler's, and writes its
+reply, framed, straight into the bytes object that ``data_to_send`` hands out (no body
+object, no join). Everything rarer is left to ``protocol.ServerConnection``'s Python
+methods, called as the twin calls them.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem
+from cpython.long cimport PyLong_AsLongLongAndOverflow
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
+from libc.string cimport memcpy
+from libc.stdint cimport uint32_t
+
+from collections import deque
+
+import orjson
+
+from fastrpc._framing cimport FrameReader
+from fastrpc.absent import ABSENT
+from fastrpc.errors import FrameTooLarge
+
+__all__ = ["ServerCore"]
+
+cdef extern from "Python.h":
+    int _PyBytes_Resize(PyObject** bytes, Py_ssize_t newsize) except -1
+
+cdef object _loads = orjson.loads
+cdef object _dumps = orjson.dumps
+cdef object _JSONDecodeError = orjson.JSONDecodeError
+cdef object _ABSENT = ABSENT
+cdef bytes _ID_PART = b', "id": '  # keep equal to _server_core_py._ID_PART
+cdef enum:
+    HEADER = 4
+    FIRST_OUT = 256  # the smallest output buffer
+    KEEP_OUT = 64 * 1024  # the most a connection's next output buffer starts with
+
+
+cdef inline char* write_length(char* p, Py_ssize_t n) noexcept:
+    p[0] = <char>((n >> 24) & 0xFF)
+    p[1] = <char>((n >> 16) & 0xFF)
+    p[2] = <char>((n >> 8) & 0xFF)
+    p[3] = <char>(n & 0xFF)
+    return p + HEADER
+
+
+cdef inline char* write_bytes(char* p, bytes data) noexcept:
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    memcpy(p, PyBytes_AS_STRING(data), n)
+    return p + n
+
+
+cdef Py_ssize_t format_id(char* out, object rid):
+    """An int id's decimal digits into ``out`` (20 bytes): their count, or -1 for ids that are not a
+    64-bit int (orjson writes those)."""
+    cdef int overflow = 0
+    cdef long long value
+    cdef unsigned long long magnitude
+    cdef char digits[20]
+    cdef Py_ssize_t n = 0, i = 0
+    if type(rid) is not int:
+        return -1
+    value = PyLong_AsLongLongAndOverflow(rid, &overflow)
+    if overflow:
+        return -1
+    if value < 0:
+        out[0] = c'-'
+        i = 1
+        magnitude = <unsigned long long>(-(value + 1)) + 1
+    else:
+        magnitude = <unsigned long long>value
+    while True:
+        digits[n] = <char>(c'0' + magnitude % 10)
+        n += 1
+        magnitude //= 10
+        if magnitude == 0:
+            break
+    while n:
+        n -= 1
+        out[i] = digits[n]
+        i += 1
+    return i
+
+
+cdef class ServerCore:
+    """Frames in, handlers called, replies out; see ``_server_core_py.ServerCore``."""
+
+    cdef readonly FrameReader _reader
+    cdef public object _methods
+    cdef public object _slots
+    cdef public bytes _raw_reply
+    cdef public bint _fresh
+    cdef public bint closing
+    cdef readonly Py_ssize_t _max_frame_size
+    cdef readonly unsigned long long bytes_received
+    cdef readonly unsigned long long bytes_sent
+    cdef readonly unsigned long long frames_sent
+    # The replies so far, framed: a bytes object only this core refers to, grown in place,
+    # handed out (cut to length) by data_to_send.
+    cdef PyObject* _out
+    cdef Py_ssize_t _used
+    cdef Py_ssize_t _next_size  # the next buffer's first size: the last one's, up to KEEP_OUT
+
+    def __init__(self, methods, max_frame_size):
+        self._reader = FrameReader(max_frame_size)
+        self._max_frame_size = self._reader.max_frame_size
+        self._methods = methods
+        self._slots = deque()
+        self._raw_reply = b""
+        self._fresh = True
+        self.closing = False
+        self._next_size = FIRST_OUT
+
+    def __dealloc__(self):
+        Py_XDECREF(self._out)
+        self._out = NULL
+
+    def receive_data(self, data):
+        """Take bytes from the peer and handle every complete frame; returns ``data_to_send()``."""
+        self._reader.feed(data)
+        self.bytes_received += len(data)
+        return self.buffer_updated(0)
+
+    def buffer_updated(self, Py_ssize_t nbytes):
+        """``nbytes`` were read into the last ``get_buffer`` view: handle every
+        complete frame; returns ``data_to_send()``."""
+        cdef FrameReader reader = self._reader
+        cdef object body
+        reader.advance(nbytes)
+        self.bytes_received += nbytes
+        if not self.closing:
+            try:
+                body = reader.next_body()
+                if body is not None:
+                    self._fresh = False
+                    while body is not None and not self._receive_frame(body):
+                        body = reader.next_body()
+            except FrameTooLarge as exc:
+                self._frame_too_large(exc)
+        return self.data_to_send()
+
+    cdef bint _receive_frame(self, object body) except -1:
+        cdef object request, rid, method, params, func, result
+        cdef PyObject* item
+        try:
+            request = _loads(body)
+        except _JSONDecodeError:
+            self._reject(body)
+            return False
+        if type(request) is not dict:
+            self._reject(body)
+            return False
+        item = PyDict_GetItem(request, "in")
+        if item is NULL:
+            self._reject(body)
+            return False
+        methods = self._methods
+        try:
+            if type(methods) is dict:
+                method = (<dict>methods)[<object>item]
+            else:
+                method = methods[<object>item]
+        except (KeyError, TypeError):
+            self._reject(body)
+            return False
+        item = PyDict_GetItem(request, "id")
+        if item is NULL:
+            rid = None
+        else:
+            rid = <object>item
+            if type(rid) is not int and type(rid) is not str and rid is not None:
+                self._reject(body)
+                return False
+        item = PyDict_GetItem(request, "params")
+        params = _ABSENT if item is NULL else <object>item
+        func = method.func
+        try:
+            if method.unbound:
+                if method.context:
+                    result = self._call_in_context(method, request, params)
+                else:
+                    result = func(None if params is _ABSENT else params)
+            elif type(params) is list:
+                result = func(*params)
+            elif type(params) is dict:
+                result = func(**params)
+            elif params is _ABSENT:
+                result = func()
+            else:
+                result = func(params)
+        except BaseException as exc:  # SystemExit and KeyboardInterrupt too: a handler's fault, not the server's
+            self._reply(rid, self._error_body(method, params, exc, rid))
+            return False
+        if method.is_async:
+            return self._begin(method, request, rid, params, result)
+        if rid is None and self._slots:
+            self._slots.append([self._result_body(method, result, rid)])
+        else:
+            self._write_result(method, result, rid)
+        return False
+
+    cdef int _write_result(self, object method, object result, object rid) except -1:
+        """``_send(_result_body(...))`` without the body object: the reply framed in place."""
+        cdef bytes prefix = method.prefix
+        cdef bytes encoded
+        cdef bytes encoded_id = None
+        cdef char digits[24]
+        cdef Py_ssize_t id_size = 0
+        cdef Py_ssize_t size
+        cdef char* p
+        try:
+            encoded = _dumps(result)
+        except TypeError:  # the usual way answers it (orjson.JSONEncodeError is a TypeError)
+            self._send(self._result_body(method, result, rid))
+            return 0
+        size = PyBytes_GET_SIZE(prefix) + PyBytes_GET_SIZE(encoded) + 1
+        if rid is not None:
+            id_size = format_id(digits, rid)
+            if id_size < 0:
+                encoded_id = _dumps(rid)
+                id_size = PyBytes_GET_SIZE(encoded_id)
+            size += PyBytes_GET_SIZE(_ID_PART) + id_size
+        if size > self._max_frame_size:
+            self._send(self._result_body(method, result, rid))  # the usual way replaces it with the error
+            return 0
+        p = write_bytes(write_bytes(write_length(self._reserve(HEADER + size), size), prefix), encoded)
+        if rid is not None:
+            p = write_bytes(p, _ID_PART)
+            if encoded_id is None:
+                memcpy(p, digits, id_size)
+                p += id_size
+            else:
+                p = write_bytes(p, encoded_id)
+        p[0] = c'}'
+        self._used += HEADER + size
+        self.frames_sent += 1
+        return 0
+
+    def _result_body(self, method, result, rid):
+        """The response body of a call of ``method`` that returned ``result``."""
+        cdef bytes encoded
+        cdef bytes body
+        try:
+            encoded = _dumps(result)
+        except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
+            return self._unencodable(method, exc, rid)
+        if rid is None:
+            body = method.prefix + encoded + b"}"
+        else:
+            body = b"".join((method.prefix, encoded, _ID_PART, _dumps(rid), b"}"))
+        if len(body) > self._max_frame_size:
+            return self._fit(body, rid, method)
+        return body
+
+    def _send(self, bytes body not None):
+        """Queue one response body to go out with the next ``data_to_send``."""
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(body)
+        write_bytes(write_length(self._reserve(HEADER + size), size), body)
+        self._used += HEADER + size
+        self.frames_sent += 1
+
+    cdef char* _reserve(self, Py_ssize_t room) except NULL:
+        """Where ``room`` more bytes of output go (``_used`` is not moved)."""
+        cdef Py_ssize_t capacity
+        cdef object fresh
+        if self._out is NULL:
+            capacity = room if room > self._next_size else self._next_size
+            fresh = PyBytes_FromStringAndSize(NULL, capacity)
+            Py_INCREF(fresh)
+            self._out = <PyObject*>fresh
+        else:
+            capacity = PyBytes_GET_SIZE(<object>self._out)
+            if self._used + room > capacity:
+                capacity *= 2
+                if capacity < self._used + room:
+                    capacity = self._used + room
+                _PyBytes_Resize(&self._out, capacity)  # only this core refers to it: resized in place
+        return PyBytes_AS_STRING(<object>self._out) + self._used
+
+    def data_to_send(self):
+        """Every response that may be sent now, framed, in order."""
+        cdef object data
+        if self._out is NULL:
+            data = b""
+        else:
+            if self._used != PyBytes_GET_SIZE(<object>self._out):
+                _PyBytes_Resize(&self._out, self._used)
+            data = <object>self._out
+            Py_DECREF(data)  # the core's own reference passes to the caller
+            self._out = NULL
+            self._next_size = self._used if self._used < KEEP_OUT else KEEP_OUT
+            self._used = 0
+        if self._raw_reply:
+            data, self._raw_reply = data + self._raw_reply, b""
+        self.bytes_sent += len(data)
+        return data
