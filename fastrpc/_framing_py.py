@@ -66,6 +66,8 @@ class FrameReader:
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         """Writable room after the received data, for the kernel to read into (``sizehint`` is not used)."""
         self._reserve(self._wanted())
+        if self._end == 0:  # all of it: the view there is, not a new one per read
+            return self._view
         return self._view[self._end:]
 
     def buffer_updated(self, nbytes: int) -> None:

@@ -3,6 +3,16 @@ from typing import Any, List, Optional, Union
 
 from ._framing import FrameReader
 
+class MethodCore:
+    name: str
+    func: Any
+    out: str
+    raw_params: bool
+    context: bool
+    unbound: bool
+    is_async: bool
+    prefix: bytes
+
 class ServerCore:
     _reader: FrameReader
     _methods: Any
@@ -17,6 +27,10 @@ class ServerCore:
     def __init__(self, methods: Any, max_frame_size: int) -> None: ...
     def receive_data(self, data: bytes) -> bytes: ...
     def buffer_updated(self, nbytes: int) -> bytes: ...
+    write: Any
+    after_read: Any
+    watch_reads: bool
+    def read_and_reply(self, nbytes: int) -> None: ...
     def _result_body(self, method: Any, result: Any, rid: Optional[Union[int, str]]) -> bytes: ...
     def _send(self, body: bytes) -> None: ...
     def data_to_send(self) -> bytes: ...

@@ -9,7 +9,7 @@ methods, called as the twin calls them.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_GetItem
+from cpython.dict cimport PyDict_GetItemWithError
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
@@ -24,7 +24,7 @@ from fastrpc._framing cimport FrameReader
 from fastrpc.absent import ABSENT
 from fastrpc.errors import FrameTooLarge
 
-__all__ = ["ServerCore"]
+__all__ = ["MethodCore", "ServerCore"]
 
 cdef extern from "Python.h":
     int _PyBytes_Resize(PyObject** bytes, Py_ssize_t newsize) except -1
@@ -86,6 +86,19 @@ cdef Py_ssize_t format_id(char* out, object rid):
     return i
 
 
+cdef class MethodCore:
+    """A registered method's fields, as the request path reads them; see ``_server_core_py.MethodCore``."""
+
+    cdef public object name
+    cdef public object func
+    cdef public object out
+    cdef public bint raw_params
+    cdef public bint context
+    cdef public bint unbound
+    cdef public bint is_async
+    cdef public bytes prefix
+
+
 cdef class ServerCore:
     """Frames in, handlers called, replies out; see ``_server_core_py.ServerCore``."""
 
@@ -99,6 +112,9 @@ cdef class ServerCore:
     cdef readonly unsigned long long bytes_received
     cdef readonly unsigned long long bytes_sent
     cdef readonly unsigned long long frames_sent
+    cdef public object write
+    cdef public object after_read
+    cdef public bint watch_reads
     # The replies so far, framed: a bytes object only this core refers to, grown in place,
     # handed out (cut to length) by data_to_send.
     cdef PyObject* _out
@@ -128,6 +144,18 @@ cdef class ServerCore:
     def buffer_updated(self, Py_ssize_t nbytes):
         """``nbytes`` were read into the last ``get_buffer`` view: handle every
         complete frame; returns ``data_to_send()``."""
+        return self._read(nbytes)
+
+    def read_and_reply(self, Py_ssize_t nbytes):
+        """``buffer_updated``, its output passed to ``write``; then ``after_read()`` if
+        ``closing`` or ``watch_reads`` is set. The asyncio server's read path, in one call."""
+        cdef bytes data = self._read(nbytes)
+        if PyBytes_GET_SIZE(data):
+            self.write(data)
+        if self.closing or self.watch_reads:
+            self.after_read()
+
+    cdef bytes _read(self, Py_ssize_t nbytes):
         cdef FrameReader reader = self._reader
         cdef object body
         reader.advance(nbytes)
@@ -141,10 +169,11 @@ cdef class ServerCore:
                         body = reader.next_body()
             except FrameTooLarge as exc:
                 self._frame_too_large(exc)
-        return self.data_to_send()
+        return self._take()
 
     cdef bint _receive_frame(self, object body) except -1:
-        cdef object request, rid, method, params, func, result
+        cdef object request, rid, found, params, func, result
+        cdef MethodCore method
         cdef PyObject* item
         try:
             request = _loads(body)
@@ -154,20 +183,21 @@ cdef class ServerCore:
         if type(request) is not dict:
             self._reject(body)
             return False
-        item = PyDict_GetItem(request, "in")
+        item = PyDict_GetItemWithError(request, "in")
         if item is NULL:
             self._reject(body)
             return False
         methods = self._methods
         try:
             if type(methods) is dict:
-                method = (<dict>methods)[<object>item]
+                found = (<dict>methods)[<object>item]
             else:
-                method = methods[<object>item]
+                found = methods[<object>item]
         except (KeyError, TypeError):
             self._reject(body)
             return False
-        item = PyDict_GetItem(request, "id")
+        method = found  # a registry holds Methods (their fields are read in C)
+        item = PyDict_GetItemWithError(request, "id")
         if item is NULL:
             rid = None
         else:
@@ -175,7 +205,7 @@ cdef class ServerCore:
             if type(rid) is not int and type(rid) is not str and rid is not None:
                 self._reject(body)
                 return False
-        item = PyDict_GetItem(request, "params")
+        item = PyDict_GetItemWithError(request, "params")
         params = _ABSENT if item is NULL else <object>item
         func = method.func
         try:
@@ -203,7 +233,7 @@ cdef class ServerCore:
             self._write_result(method, result, rid)
         return False
 
-    cdef int _write_result(self, object method, object result, object rid) except -1:
+    cdef int _write_result(self, MethodCore method, object result, object rid) except -1:
         """``_send(_result_body(...))`` without the body object: the reply framed in place."""
         cdef bytes prefix = method.prefix
         cdef bytes encoded
@@ -283,6 +313,9 @@ cdef class ServerCore:
 
     def data_to_send(self):
         """Every response that may be sent now, framed, in order."""
+        return self._take()
+
+    cdef bytes _take(self):
         cdef object data
         if self._out is NULL:
             data = b""

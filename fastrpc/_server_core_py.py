@@ -17,7 +17,7 @@ from ._framing_py import FrameReader, pack_frames
 from .absent import ABSENT
 from .errors import FrameTooLarge
 
-__all__ = ["ServerCore"]
+__all__ = ["MethodCore", "ServerCore"]
 
 _loads = orjson.loads
 _dumps = orjson.dumps
@@ -27,6 +27,21 @@ _ID_TYPES = (int, str, type(None))  # exact types: a bool is not an id
 # {"in": "ping", "params": "sha params"} gets the same bytes the seed's
 # server sends: {"out": "pong", "result": "sha params"}.
 _ID_PART = b', "id": '
+
+
+class MethodCore:
+    """A registered method's fields, as the request path reads them (``protocol.Method`` sets
+    them): compiled, they are read as C fields rather than looked up by name."""
+
+    __slots__ = ("name", "func", "out", "raw_params", "context", "unbound", "is_async", "prefix")
+    name: str
+    func: Any
+    out: str
+    raw_params: bool
+    context: bool
+    unbound: bool  # raw_params or context: the request path's one test for "not the plain bound call"
+    is_async: bool
+    prefix: bytes  # the response body up to the result
 
 
 class ServerCore:
@@ -55,6 +70,9 @@ class ServerCore:
         self.bytes_received = 0
         self.bytes_sent = 0
         self.frames_sent = 0
+        self.write: Any = None  # for read_and_reply
+        self.after_read: Any = None
+        self.watch_reads = False
 
     def receive_data(self, data: bytes) -> bytes:
         """Take bytes from the peer and handle every complete frame; returns ``data_to_send()``."""
@@ -80,6 +98,15 @@ class ServerCore:
             except FrameTooLarge as exc:
                 self._frame_too_large(exc)  # type: ignore[attr-defined]
         return self.data_to_send()
+
+    def read_and_reply(self, nbytes: int) -> None:
+        """``buffer_updated``, its output passed to ``write``; then ``after_read()`` if
+        ``closing`` or ``watch_reads`` is set. The asyncio server's read path, in one call."""
+        data = self.buffer_updated(nbytes)
+        if data:
+            self.write(data)
+        if self.closing or self.watch_reads:
+            self.after_read()
 
     def _receive_frame(self, body: Union[bytes, memoryview]) -> Optional[bool]:
         """One frame: a valid call runs here; anything unusual goes to ``_reject`` for its exact error.

@@ -32,7 +32,7 @@ from .errors import (
     remote_error,
 )
 from .absent import ABSENT
-from .framing import FrameReader, ServerCore, pack_frames
+from .framing import FrameReader, MethodCore, ServerCore, pack_frames
 from .limits import DEFAULT_MAX_FRAME_SIZE, META_MAX_BYTES, META_MAX_ENTRIES, PROBE_LENGTH, PROBE_REPLY
 
 __all__ = [
@@ -60,14 +60,14 @@ NOTICES_METHOD = "rpc.notices"
 NOTICES = ("drain",)
 
 
-class Method:
+class Method(MethodCore):
     """A registered handler and how to call it.
 
     A ``context`` method runs with its call's metadata (``metadata()``);
     the others never look at it, so that a call costs them nothing more.
     """
 
-    __slots__ = ("name", "func", "out", "raw_params", "context", "unbound", "is_async", "prefix")
+    __slots__ = ()  # the fields are MethodCore's
 
     def __init__(self, name: str, func: Callable[..., Any], out: Optional[str] = None, raw_params: bool = False,
                  context: bool = False) -> None:
