@@ -20,16 +20,17 @@ Groups:
 - pack: ``pack_frames`` of response bodies, both implementations.
 - decode: ``orjson.loads`` of a request body (the floor), and
   ``ServerConnection`` end to end: one read of 1 or 64 request frames to the
-  reply bytes (split + decode + dispatch + encode + pack), with each framing
-  implementation under the core.
+  reply bytes (split + decode + dispatch + encode + pack), over the compiled
+  core and over its pure-Python twin.
 - encode: the core's response encoder (``ServerConnection._result_body``)
   for a small and a ~4 KiB result, without and with an id; the floor is one
   ``orjson.dumps`` of the whole response object.
-- dispatch: one request frame through ``ServerConnection._receive_frame``
-  (decode, registry look-up, call, encode) for the built-in ping, a
-  registered ``add(a, b)`` with list and with dict params, and with params
-  that do not bind (the error path); and the bare registry call
-  ``methods[name].func(*params)`` / ``(**params)`` as the floor.
+- dispatch: one request frame through the core, ``receive_data`` to the
+  framed reply (split, decode, registry look-up, call, encode), for the
+  built-in ping, a registered ``add(a, b)`` with list and with dict params,
+  and with params that do not bind (the error path), on both cores; and the
+  bare registry call ``methods[name].func(*params)`` / ``(**params)`` as the
+  floor.
 - baseline: an empty Python function, the harness's cost of calling the
   closures the split, decode and dispatch benchmarks time.
 """
@@ -41,14 +42,15 @@ from typing import Any, Dict, List, Tuple
 import orjson
 import pytest
 
-from fastrpc import _framing_py, protocol
+from fastrpc import _framing_py, _server_core_py, protocol
 from fastrpc.protocol import ServerConnection
 from fastrpc.server import Server
 
 try:
     from fastrpc import _framing as _framing_c
-except ImportError:  # the extension is not built: the "cython" cases fail, loudly
-    _framing_c = None
+    from fastrpc import _server_core as _server_core_c
+except ImportError:  # the extensions are not built: the "cython" cases fail, loudly
+    _framing_c = _server_core_c = None
 
 IMPLEMENTATIONS = ["cython", "python"]
 
@@ -188,15 +190,19 @@ def make_server() -> Server:
     return server
 
 
+def connection_on(impl: Any) -> Any:
+    """``ServerConnection`` over the core of the implementation whose framing ``impl`` is."""
+    core = _server_core_py.ServerCore if impl is _framing_py else _server_core_c.ServerCore
+    if issubclass(ServerConnection, core):
+        return ServerConnection
+    return type("ServerConnection", (protocol._RarerPaths, core), {})
+
+
 @pytest.mark.benchmark(group="decode")
 @pytest.mark.parametrize("batch", [1, 64], ids=["1xping", "64xping"])
-def test_decode_server_connection(benchmark: Any, impl: Any, batch: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The core builds its reader and packs its replies with the module-level
-    # names it imported from fastrpc.framing: point them at this implementation.
-    monkeypatch.setattr(protocol, "FrameReader", impl.FrameReader)
-    monkeypatch.setattr(protocol, "pack_frames", impl.pack_frames)
+def test_decode_server_connection(benchmark: Any, impl: Any, batch: int) -> None:
     server = make_server()
-    core = ServerConnection(server.methods, _no_spawn, max_frame_size=server.max_frame_size)
+    core = connection_on(impl)(server.methods, _no_spawn, max_frame_size=server.max_frame_size)
     assert type(core._reader) is impl.FrameReader
     stream = frame(REQUEST) * batch
     size = len(stream)
@@ -261,26 +267,18 @@ DISPATCH_CASES: Dict[str, Tuple[bytes, bytes]] = {
 
 @pytest.mark.benchmark(group="dispatch")
 @pytest.mark.parametrize("case", list(DISPATCH_CASES))
-def test_dispatch_receive_frame(benchmark: Any, case: str) -> None:
+def test_dispatch_one_frame(benchmark: Any, impl: Any, case: str) -> None:
     server = make_server()
-    core = ServerConnection(server.methods, _no_spawn)
+    core = connection_on(impl)(server.methods, _no_spawn)
     body, reply = DISPATCH_CASES[case]
-    receive_frame, out = core._receive_frame, core._out
-
-    def dispatch() -> bytes:
-        receive_frame(body)
-        result = out[-1]
-        out.clear()
-        return result
-
-    got = benchmark(dispatch)
+    got = benchmark(core.receive_data, frame(body))
     if reply:
-        assert got == reply
+        assert got == frame(reply)
     else:
-        error = orjson.loads(got)
+        error = orjson.loads(got[4:])
         assert error["id"] == 7 and error["error"]["code"] == -32602
         assert "missing a required argument: 'b'" in error["error"]["message"]
-    assert not core._slots and not out
+    assert not core._slots and core._reader.buffered == 0
 
 
 REGISTRY_CALLS: Dict[str, Tuple[str, Any]] = {

@@ -1,0 +1,114 @@
+"""The compiled server core against its pure-Python twin: the same bytes out for the same bytes in.
+
+The compiled core writes replies into its output buffer itself (an int id in its own digits, the
+length prefix, the method's prefix), where the twin builds bodies and joins them: every id, result,
+size and failure below must come out byte for byte the same.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Dict, List
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastrpc import RemoteError
+from fastrpc.protocol import Method
+
+from .conftest import SERVER_CONNECTIONS
+
+pytestmark = pytest.mark.skipif(len(SERVER_CONNECTIONS) < 2, reason="the compiled core is not built (test_implementation fails)")
+
+MAX_FRAME = 4096
+
+
+def methods() -> Dict[str, Method]:
+    def echo(*args: Any, **kwargs: Any) -> Any:
+        return kwargs or list(args)
+
+    def fail(*args: Any) -> None:
+        raise RemoteError("refused", {"args": list(args)}, code=-32050)
+
+    def boom(*args: Any) -> None:
+        raise ValueError("boom")
+
+    async def later(*args: Any) -> Any:
+        return list(args)
+
+    return {
+        "echo": Method("echo", echo),
+        "raw": Method("raw", lambda params: params, out="pong", raw_params=True),
+        "none": Method("none", lambda: None),
+        "fail": Method("fail", fail),
+        "boom": Method("boom", boom),
+        "unencodable": Method("unencodable", lambda: {1, 2}),
+        "grow": Method("grow", lambda n: "x" * n),
+        "later": Method("later", later),
+    }
+
+
+def frame(body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + body
+
+
+def run(name: str, stream: bytes, cuts: List[int]) -> List[bytes]:
+    """What one core returns for ``stream`` cut at ``cuts``; async calls are left waiting."""
+    calls: List[Any] = []
+    core = SERVER_CONNECTIONS[name](methods(), lambda call: calls.append(call), max_frame_size=MAX_FRAME)
+    out = []
+    start = 0
+    for cut in [*sorted(cuts), len(stream)]:
+        out.append(core.receive_data(stream[start:cut]))
+        start = cut
+    for call in calls:
+        call.coro.close()
+    out.append(core.data_to_send())
+    out.append(bytes(str((core.bytes_received, core.bytes_sent, core.frames_sent, core.closing)), "ascii"))
+    return out
+
+
+IDS = [None, 0, 1, -1, 9, 10, 99, 1000000001, -9223372036854775808, 9223372036854775807, 9223372036854775808,
+       18446744073709551615, -9223372036854775809, "", "a", 'q"uote\\\n\u00e9\U0001f600', True, 1.5, [1]]
+
+
+@pytest.mark.parametrize("rid", IDS)
+def test_every_kind_of_id_is_written_alike(rid: Any) -> None:
+    encoded = b"%d" % rid if type(rid) is int else orjson.dumps(rid)  # ints past 64 bits too
+    stream = frame(b'{"in": "echo", "params": [1], "id": ' + encoded + b"}") * 2
+    assert run("cython", stream, []) == run("python", stream, [])
+
+
+requests = st.fixed_dictionaries(
+    {"in": st.sampled_from(["echo", "raw", "none", "fail", "boom", "unencodable", "grow", "later", "nope", 7])},
+    optional={
+        "params": st.one_of(st.lists(st.integers(-5, 5), max_size=3), st.dictionaries(st.sampled_from("abn"), st.integers(0, 5000)),
+                            st.integers(0, 5000), st.text(max_size=20), st.none()),
+        "id": st.one_of(st.none(), st.integers(-2**63, 2**64 - 1), st.text(max_size=8), st.booleans()),
+        "deadline": st.one_of(st.integers(-1, 10), st.text(max_size=2)),
+    },
+)
+bodies = st.one_of(requests.map(orjson.dumps), st.binary(max_size=30), st.just(b"[1]"), st.just(b'{"cancel": 3}'))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(bodies, max_size=12), st.lists(st.integers(0, 10_000), max_size=4))
+def test_both_cores_answer_any_stream_alike(sent: List[bytes], cuts: List[int]) -> None:
+    stream = b"".join(frame(body) for body in sent)
+    cuts = [c % (len(stream) + 1) for c in cuts]
+    assert run("cython", stream, cuts) == run("python", stream, cuts)
+
+
+def test_a_result_of_any_size_around_the_limit_is_written_alike() -> None:
+    for n in range(MAX_FRAME - 80, MAX_FRAME + 2):
+        stream = frame(b'{"in": "grow", "params": [%d], "id": 12345}' % n) + frame(b'{"in": "grow", "params": [%d]}' % n)
+        assert run("cython", stream, []) == run("python", stream, []), n
+
+
+def test_a_large_reply_grows_the_output_and_keeps_what_was_before() -> None:
+    stream = b"".join(frame(b'{"in": "raw", "params": "%s", "id": %d}' % (b"y" * (i * 97 % 3000), i)) for i in range(200))
+    big = SERVER_CONNECTIONS["cython"](methods(), lambda call: None, max_frame_size=1 << 20)
+    twin = SERVER_CONNECTIONS["python"](methods(), lambda call: None, max_frame_size=1 << 20)
+    assert big.receive_data(stream) == twin.receive_data(stream)
