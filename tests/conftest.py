@@ -39,12 +39,19 @@ def _server_connection_on(core: type) -> type:
     return type("ServerConnection", (protocol._RarerPaths, core), {"__doc__": protocol.ServerConnection.__doc__})
 
 
-#: The server connection of each implementation, its per-request path compiled or not.
+#: The server connection of each implementation, its per-request path compiled or not. The compiled
+#: core reads protocol.Method's fields in C, so it is there only where the compiled set was chosen
+#: (not under FASTRPC_NO_EXTENSIONS=1, whose Methods are the twin's).
 SERVER_CONNECTIONS = {"python": _server_connection_on(_server_core_py.ServerCore)}
-if _framing_c is not None:
+if _framing_c is not None and framing.IMPLEMENTATION == "cython":
     from fastrpc import _server_core as _server_core_c
 
     SERVER_CONNECTIONS["cython"] = _server_connection_on(_server_core_c.ServerCore)
+
+
+def server_connection(name: str) -> type:
+    """The ServerConnection that implementation ``name`` runs (the twin's where the compiled core is out)."""
+    return SERVER_CONNECTIONS.get(name, SERVER_CONNECTIONS["python"])
 
 TEST_TIMEOUT = 30.0
 
@@ -82,7 +89,7 @@ def use_framing(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
         for attr in ("FrameReader", "pack_frames"):
             replacement[id(getattr(module, attr))] = getattr(chosen, attr)
     for connection in SERVER_CONNECTIONS.values():
-        replacement[id(connection)] = SERVER_CONNECTIONS[name]
+        replacement[id(connection)] = server_connection(name)
     for module in framing_users():
         for attr, value in list(vars(module).items()):
             new = replacement.get(id(value))

@@ -20,7 +20,7 @@ from fastrpc.protocol import Method
 
 from .conftest import SERVER_CONNECTIONS
 
-pytestmark = pytest.mark.skipif(len(SERVER_CONNECTIONS) < 2, reason="the compiled core is not built (test_implementation fails)")
+pytestmark = pytest.mark.skipif(len(SERVER_CONNECTIONS) < 2, reason="the compiled core is not in use (FASTRPC_NO_EXTENSIONS=1; or not built, which test_implementation fails)")
 
 MAX_FRAME = 4096
 
