@@ -570,7 +570,9 @@ class ClientConnection:
         self.get_buffer = self._reader.get_buffer
         self._max_frame_size = max_frame_size
         self._next_key = itertools.count(1).__next__
-        self._pending: Dict[int, Any] = {}
+        #: The waiters of the calls pending, by key: the I/O layer reads it (its length is ``pending``,
+        #: without a property's call), never changes it.
+        self.waiters: Dict[int, Any] = {}
         self._order: Deque[int] = deque()  # keys of id-less requests, oldest first
         self._out: List[bytes] = []
         #: An error frame the server sent with no request to match (for
@@ -582,7 +584,7 @@ class ClientConnection:
     @property
     def pending(self) -> int:
         """Calls sent and not yet answered (or forgotten)."""
-        return len(self._pending)
+        return len(self.waiters)
 
     def request(self, method: str, params: Any, waiter: Any, deadline: Optional[float] = None,
                 meta: Optional[Mapping[str, str]] = None) -> int:
@@ -597,7 +599,7 @@ class ClientConnection:
         if len(body) > self._max_frame_size:
             raise FrameTooLarge(len(body), self._max_frame_size)
         self._out.append(body)
-        self._pending[key] = waiter
+        self.waiters[key] = waiter
         if not self.ids:
             self._order.append(key)
         return key
@@ -613,7 +615,7 @@ class ClientConnection:
         """Stop waiting for ``key`` (timed out, cancelled): its late reply is
         dropped and, if it was still pending, a cancel frame is queued for the
         server (with ids; an id-less call cannot be named)."""
-        if self._pending.pop(key, None) is not None and cancel and self.ids:
+        if self.waiters.pop(key, None) is not None and cancel and self.ids:
             self._out.append(b'{"cancel":%d}' % key)
 
     def forget_range(self, first: int, last: int) -> List[Any]:
@@ -623,7 +625,7 @@ class ClientConnection:
             return []
         waiters = []
         for key in range(first, last + 1):
-            waiter = self._pending.get(key)
+            waiter = self.waiters.get(key)
             if waiter is not None:
                 self.forget(key)
                 waiters.append(waiter)
@@ -631,7 +633,7 @@ class ClientConnection:
 
     def any_pending(self, first: int, last: int) -> bool:
         """Whether a call keyed ``first`` to ``last`` is still pending."""
-        return not self._pending.keys().isdisjoint(range(first, last + 1))
+        return not self.waiters.keys().isdisjoint(range(first, last + 1))
 
     def data_to_send(self) -> bytes:
         """Every queued request, framed, as one bytes."""
@@ -672,7 +674,7 @@ class ClientConnection:
                     self._unmatched(reply)
                     continue
                 rid = self._order.popleft()
-            waiter = self._pending.pop(rid, None)
+            waiter = self.waiters.pop(rid, None)
             if waiter is None:
                 continue
             if "result" in reply and reply.get("out") != "error":  # a success, by read_reply's rule
@@ -698,7 +700,8 @@ class ClientConnection:
 
     def close(self, cause: Optional[BaseException] = None) -> None:
         """The connection is gone: fail every pending call at once."""
-        pending, self._pending = self._pending, {}
+        pending = self.waiters.copy()  # the same dict stays: the I/O layer holds it
+        self.waiters.clear()
         self._order.clear()
         known = self.connection_error
         reason = "connection closed" + (f": {cause}" if cause else "")
@@ -710,6 +713,9 @@ class ClientConnection:
             else:
                 error = ConnectionClosed(reason)
             self._deliver(waiter, None, error)
+
+
+_ceil = math.ceil
 
 
 def _decode_error(error: Dict[str, Any]) -> RemoteError:
@@ -735,7 +741,8 @@ def encode_request(method: str, params: Any = ABSENT, rid: Optional[Id] = None, 
     if rid is not None:
         request["id"] = rid
     if deadline is not None:
-        request["deadline"] = max(0, math.ceil(deadline * 1000))
+        ms = _ceil(deadline * 1000)
+        request["deadline"] = ms if ms > 0 else 0
     if meta:
         if type(meta) is not dict and isinstance(meta, Mapping):
             meta = dict(meta)
