@@ -768,7 +768,7 @@ def read_reply(body: Union[bytes, memoryview]) -> Tuple[Dict[str, Any], Any, Opt
         reply = None
     if type(reply) is not dict:
         raise _not_a_reply(body)
-    if "result" in reply and reply.get("out") != "error":  # ClientConnection._receive_frame tests this inline
+    if "result" in reply and reply.get("out") != "error":  # ClientConnection.buffer_updated tests this inline
         return reply, reply["result"], None
     return reply, None, _failure(reply)
 
