@@ -5,7 +5,7 @@ bench``): a warmup run, then a measured run with the server's CPU time read
 from /proc at both ends, so CPU per request covers exactly the measured
 requests (and the drain of their replies). ``client`` measures the other side:
 the CPU this process spends per call with fastrpc's async client (``gather``
-of a batch) or with ``SyncClient.call_many``.
+of a batch, or its ``call_many`` with ``--kind async-many``) or with ``SyncClient.call_many``.
 
 Both print one JSON object on stdout, the format bench/peer_grpc.py and
 bench/peer_msgpack.py print for their own libraries.
@@ -77,6 +77,12 @@ def client(args: argparse.Namespace) -> Dict[str, Any]:
         async def one_batch() -> int:
             return len(await asyncio.gather(*[async_client.call("ping") for _ in range(args.batch)]))
 
+        if args.kind == "async-many":  # the async client's own batch call
+            pings = [ABSENT] * args.batch
+
+            async def one_batch() -> int:
+                return len(await async_client.call_many("ping", pings))
+
         result = measure_calls(lambda: loop.run_until_complete(one_batch()), args.duration)
         loop.run_until_complete(async_client.close())
         return result
@@ -101,7 +107,7 @@ def main() -> None:
     calls = commands.add_parser("client", help="CPU per call of fastrpc's own clients")
     calls.add_argument("--batch", type=int, default=64)
     calls.add_argument("--duration", type=float, default=3.0)
-    calls.add_argument("--kind", choices=["async", "sync"], default="async")
+    calls.add_argument("--kind", choices=["async", "async-many", "sync"], default="async")
     for command in (load, calls):
         command.add_argument("--host", default="127.0.0.1")
         command.add_argument("--port", type=int, required=True)

@@ -14,8 +14,9 @@ import logging
 import math
 import socket
 from collections import deque
+from heapq import heapify, heappop, heappush
 from ssl import SSLContext
-from typing import Any, Awaitable, Callable, Deque, Dict, Generator, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Awaitable, Callable, Deque, Dict, Generator, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from .auth import AUTH_METHOD
 from .endpoints import (
@@ -45,15 +46,104 @@ log = logging.getLogger("fastrpc.client")
 DEFAULT_MAX_PENDING = 10_000
 #: Times a call refused unrun by draining servers is sent again, beyond one try per endpoint.
 MAX_REFUSALS = 3
+#: Seconds within which calls made together (one after another, with one method and timeout) share a
+#: timer: it fires at the first one's time, the others' at most this early (a timer per call cost more
+#: than the rest of the call). Timers of loops are that coarse anyway (uvloop's: a millisecond).
+TIMER_SLACK = 0.001
+
+_get_running_loop = asyncio._get_running_loop
 
 
-def _deliver(future: "asyncio.Future[Any]", result: Any, error: Optional[BaseException]) -> None:
-    if future.done():
+class _Call(asyncio.Future):
+    """One call's future: what ``Client.call`` returns on its direct path, so that ``gather`` takes it as
+    it is (no Task per call) and its reply resolves it with ``set_result`` alone.
+
+    Giving up on it (``cancel()``: its caller was cancelled, or a timeout around it fired) forgets the
+    call and tells the server to stop it. It is a coroutine in form too (``send``, ``throw``,
+    ``close``), so that ``create_task(client.call(...))`` works as it did when ``call`` was a coroutine
+    function.
+    """
+
+    __slots__ = ("_link", "_key", "_again", "_steps")
+
+    _link: "_ClientProtocol"
+    _key: int
+    #: With a refusal resent by the call itself (the direct path): ``Client._call_anywhere``'s
+    #: arguments, then the task resending it.
+    _again: "Union[None, Tuple[Any, ...], asyncio.Task[Any]]"
+
+    def cancel(self, msg: Any = None) -> bool:
+        if not super().cancel(msg):
+            return False
+        again = self._again
+        if again is not None and type(again) is not tuple:
+            again.cancel()
+        self._link.forget(self._key)  # a no-op if it was answered; else a cancel frame goes out
+        return True
+
+    def resend(self, refused: ShuttingDown) -> None:
+        """A draining server refused it unrun: send it again, as ``Client.call`` would, and take that outcome."""
+        client, method, params, meta, idempotent, timeout, deadline = self._again  # type: ignore[misc]
+        self._link.drained("refused")  # the notice may still be on its way
+        task = self.get_loop().create_task(
+            client._call_anywhere(method, params, timeout, deadline, idempotent, refused, meta, True))
+        self._again = task
+        task.add_done_callback(self._resent)
+
+    def _resent(self, task: "asyncio.Task[Any]") -> None:
+        if self.done():
+            return
+        if task.cancelled():
+            self.cancel()
+        elif task.exception() is not None:
+            self.set_exception(task.exception())  # type: ignore[arg-type]
+        else:
+            self.set_result(task.result())
+
+    # The coroutine form: a Task running it awaits the future, step by step.
+
+    def _awaiting(self) -> Any:
+        steps = getattr(self, "_steps", None)  # an unset slot: first step
+        if steps is None:
+            steps = self._steps = self.__await__()
+        return steps
+
+    def send(self, value: Any) -> Any:
+        return self._awaiting().send(value)
+
+    def throw(self, *exc: Any) -> Any:
+        self.cancel()  # its caller gives up on it
+        return self._awaiting().throw(*exc)
+
+    def close(self) -> None:
+        self.cancel()
+
+
+def _deliver(call: _Call, result: Any, error: Optional[BaseException]) -> None:
+    """The core's ``deliver`` (its successes go to ``_Call.set_result`` straight)."""
+    if call.done():
         return
     if error is None:
-        future.set_result(result)
+        call.set_result(result)
+    elif call._again is not None and isinstance(error, ShuttingDown) and error.never_ran:
+        call.resend(error)
     else:
-        future.set_exception(error)
+        call.set_exception(error)
+
+
+def _coroutine_function(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func`` marked for ``asyncio.iscoroutinefunction`` (and ``inspect``'s, where Python can mark it)."""
+    marker = getattr(asyncio.coroutines, "_is_coroutine", None)
+    if marker is not None:
+        func._is_coroutine = marker  # type: ignore[attr-defined]
+    mark = getattr(inspect, "markcoroutinefunction", None)
+    return mark(func) if mark is not None else func
+
+
+def _failed(loop: asyncio.AbstractEventLoop, error: BaseException) -> "asyncio.Future[Any]":
+    future = loop.create_future()
+    future.set_exception(error)
+    return future
 
 
 class _ClientProtocol(asyncio.BufferedProtocol):
@@ -61,6 +151,7 @@ class _ClientProtocol(asyncio.BufferedProtocol):
 
     def __init__(self, core: ClientConnection, loop: asyncio.AbstractEventLoop, max_pending: int) -> None:
         self.core = core
+        self.waiters = core.waiters  # its pending calls: their count, read on each call
         self.loop = loop
         self.transport: Optional[asyncio.Transport] = None
         self.lost = loop.create_future()  # done once the connection is gone
@@ -71,6 +162,12 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         self.room: Deque["asyncio.Future[bool]"] = deque()  # calls waiting for fewer pending ones
         self.waking = 0  # calls let go that have not sent yet: their places are taken
         core.on_drain = self.drained
+        # Timeouts: calls sent one after another with one method and timeout form a group, [when, first key,
+        # last key, method, stated timeout] (TIMER_SLACK), with one timer for the earliest group.
+        self._timeouts: List[List[Any]] = []  # a heap of groups; answered ones are dropped lazily
+        self._group: Optional[List[Any]] = None  # the group the next call may join
+        self._timer: Optional[asyncio.TimerHandle] = None
+        self._timer_at = math.inf
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -87,10 +184,18 @@ class _ClientProtocol(asyncio.BufferedProtocol):
             self.transport.close()  # type: ignore[union-attr]
         if self.room:
             self.make_room()
+        if self._timeouts and not self.waiters:
+            self._timeouts.clear()  # every call was answered (a timer left armed finds nothing)
+            self._group = None
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         self.open = False
         self.core.close(self.error or exc)
+        self._timeouts.clear()
+        self._group = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if not self.lost.done():
             self.lost.set_result(None)
         self.make_room()
@@ -130,7 +235,7 @@ class _ClientProtocol(asyncio.BufferedProtocol):
                 if not waiter.done():
                     waiter.set_result(False)
             return
-        free = self.max_pending - self.core.pending - self.waking
+        free = self.max_pending - len(self.waiters) - self.waking
         while room and free > 0:
             waiter = room.popleft()
             if not waiter.done():  # else it timed out meanwhile
@@ -151,35 +256,82 @@ class _ClientProtocol(asyncio.BufferedProtocol):
 
     async def call(self, method: str, params: Any, timeout: Optional[float], stated: Optional[float] = None,
                    meta: Optional[Dict[str, str]] = None) -> Any:
-        """Make one call on this connection (see ``Client.call``); NotSent if it took no new calls.
-        ``stated``: the timeout to name in a CallTimeout, when ``timeout`` is what is left of it;
-        ``meta``: checked metadata (``checked_meta``)."""
-        core = self.core
-        if core.pending + self.waking >= self.max_pending or self.room:
-            await self._wait_for_room(method, timeout, timeout if stated is None else stated)
+        """Make one call on this connection (see ``Client.call``), waiting for room if need be; NotSent if
+        it took no new calls. ``stated``: the timeout to name in a CallTimeout, when ``timeout`` is what is
+        left of it; ``meta``: checked metadata (``checked_meta``)."""
+        stated = timeout if stated is None else stated
+        if len(self.waiters) + self.waking >= self.max_pending or self.room:
+            await self._wait_for_room(method, timeout, stated)
         if not self.open:
             raise NotSent("connection is closed")
-        future = self.loop.create_future()
-        key = core.request(method, params, future, timeout, meta)
-        self.schedule_flush()
-        if timeout is None:
-            try:
-                return await future
-            except asyncio.CancelledError:
-                core.forget(key)  # and tell the server to stop it
-                self.schedule_flush()
-                self.make_room()
-                raise
-        timer = self.loop.call_later(timeout, _expire, future, method, timeout if stated is None else stated)
-        try:
-            return await future
-        except BaseException:
-            core.forget(key)  # a no-op if it was answered; else a cancel frame goes out
-            self.schedule_flush()
+        deadline = None if timeout is None else self.loop.time() + timeout
+        return await self.send(method, params, timeout, stated, meta, deadline)
+
+    def send(self, method: str, params: Any, timeout: Optional[float], stated: Optional[float],
+             meta: Optional[Dict[str, str]], deadline: Optional[float]) -> _Call:
+        """Queue one call now, room or not, and return its future, which fails with CallTimeout (naming
+        ``stated`` s) at ``deadline`` (loop time; None: never)."""
+        call = _Call()  # of the running loop, this one: its loop argument costs a third of the future
+        key = self.core.request(method, params, call, timeout, meta)
+        call._link = self
+        call._key = key
+        call._again = None
+        if deadline is not None:
+            group = self._group
+            if (group is not None and group[2] == key - 1 and group[0] <= deadline <= group[0] + TIMER_SLACK
+                    and group[3] == method and group[4] == stated):
+                group[2] = key  # joins the group of the calls just before it
+            else:
+                self._start_group(key, method, stated, deadline)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+        return call
+
+    def _start_group(self, key: int, method: str, stated: Optional[float], deadline: float) -> None:
+        """A new timeout group, of call ``key`` so far: it fires at ``deadline``."""
+        heap = self._timeouts
+        core = self.core
+        if len(heap) > 2 * len(self.waiters) + 64:  # mostly answered groups (calls never all answered at once)
+            heap[:] = [group for group in heap if core.any_pending(group[1], group[2])]
+            heapify(heap)
+        group = self._group = [deadline, key, key, method, stated]
+        heappush(heap, group)
+        if group[0] < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_at(group[0], self._expire)
+            self._timer_at = group[0]
+
+    def _expire(self) -> None:
+        """The earliest group's time came: its calls still pending fail with CallTimeout (and are
+        cancelled on the server); the timer is set for the next group."""
+        self._timer = None
+        self._timer_at = math.inf
+        heap = self._timeouts
+        # Loops round timers (uvloop to the millisecond): a group within the slack of its time is due, lest
+        # the timer be set again and again for what is left.
+        now = self.loop.time() + TIMER_SLACK
+        expired = False
+        while heap and heap[0][0] <= now:
+            _, first, last, method, stated = heappop(heap)
+            for call in self.core.forget_range(first, last):
+                expired = True
+                if not call.done():
+                    call.set_exception(CallTimeout(f"call to {method!r} timed out after {stated} s"))
+        self._group = None
+        if expired:
+            self.schedule_flush()  # the cancel frames
             self.make_room()
-            raise
-        finally:
-            timer.cancel()
+        if heap:
+            self._timer = self.loop.call_at(heap[0][0], self._expire)
+            self._timer_at = heap[0][0]
+
+    def forget(self, key: int) -> None:
+        """Its caller gave up on call ``key``: forget it (a no-op if it was answered; else a cancel frame goes out)."""
+        self.core.forget(key)
+        self.schedule_flush()
+        self.make_room()
 
     async def _wait_for_room(self, method: str, timeout: Optional[float], stated: Optional[float]) -> None:
         """Wait, in line, until a place among ``max_pending`` is free: the client buffers no more than that."""
@@ -256,10 +408,10 @@ class Client:
         link = self._endpoints.all[0].link
         return link is None or (link.lost.done() and link.core.draining is None)
 
-    async def call(
+    def call(
         self, method: str, params: Any = ABSENT, *, timeout: Optional[float] = ABSENT,
         idempotent: Optional[bool] = None, meta: Optional[Mapping[str, str]] = None,
-    ) -> Any:
+    ) -> Awaitable[Any]:
         """Call ``method`` with ``params`` and return its result.
 
         ``params`` may be a list (positional arguments), a dict (keyword
@@ -283,7 +435,34 @@ class Client:
         entries and 8 KiB), which handlers registered with ``metadata=True``
         read with ``fastrpc.metadata()``; ValueError, with nothing sent, if it
         is not valid.
+
+        The call is written when ``call`` is called, with the others of the
+        same loop iteration, and an awaitable is returned: its future on the
+        direct path (one endpoint with an open connection that has room, no
+        ``retries``, no hooks, called on the client's loop), so that
+        ``asyncio.gather`` needs no Task per call; a coroutine elsewhere.
+        Either may be awaited, gathered, or given to ``create_task``.
         """
+        link = self._link
+        if link is not None and link.open and not self.retries and not link.room and _get_running_loop() is self._loop:
+            if len(link.waiters) + link.waking < link.max_pending:
+                if timeout is ABSENT:
+                    timeout = self.timeout
+                try:
+                    if meta is not None:
+                        meta = checked_meta(meta)
+                    deadline = None if timeout is None else self._loop.time() + timeout
+                    call = link.send(method, params, timeout, timeout, meta, deadline)
+                except Exception as exc:  # raised when awaited, as the coroutine raised it
+                    return _failed(self._loop, exc)
+                call._again = (self, method, params, meta, idempotent, timeout, deadline)  # for a refusal
+                return call
+        return self._call(method, params, timeout, idempotent, meta)
+
+    async def _call(self, method: str, params: Any, timeout: Optional[float], idempotent: Optional[bool],
+                    meta: Optional[Mapping[str, str]]) -> Any:
+        """``call`` off its direct path: waiting for room, or for a connection, or resent after a refusal,
+        a lost connection (``retries``) or one that took no new calls."""
         if timeout is ABSENT:
             timeout = self.timeout
         if meta is not None:
@@ -304,6 +483,46 @@ class Client:
             return await self._call_anywhere(method, params, timeout, deadline, idempotent, refused, meta, True)
         return await self._call_anywhere(method, params, timeout, deadline, idempotent, None, meta, False)
 
+    # Code that tells async callables from blocking ones (a server given ``client.call`` as a handler) takes
+    # it as one: it returns an awaitable, a coroutine or not.
+    call = _coroutine_function(call)
+
+    async def call_many(
+        self, method: str, params_list: Iterable[Any], *, timeout: Optional[float] = ABSENT,
+        return_exceptions: bool = False, idempotent: Optional[bool] = None, meta: Optional[Mapping[str, str]] = None,
+    ) -> List[Any]:
+        """Call ``method`` once with each of ``params_list``, in one write; return their results in order.
+
+        ``params_list`` holds each call's params as ``call`` takes them (``ABSENT`` for none). Every
+        outcome is waited for before anything is raised; then the first failure in list order is
+        raised, unless ``return_exceptions`` is true: failed calls then hold their exception in the
+        list, as with ``asyncio.gather``. ``timeout``, ``idempotent`` and ``meta`` apply to each call as
+        in ``call``: each is resent, or fails, on its own. Cancelled, it cancels every call still pending.
+
+        Cheaper than ``gather`` of ``call``: the calls' futures are awaited in turn (a future already
+        answered costs no wait), with no callback per call.
+        """
+        calls = [self.call(method, params, timeout=timeout, idempotent=idempotent, meta=meta) for params in params_list]
+        if not all(type(call) is _Call for call in calls):  # off the direct path: coroutines, to run at once
+            calls = [asyncio.ensure_future(call) for call in calls]
+        results: List[Any] = []
+        first: Optional[Exception] = None  # the first failure
+        try:
+            for call in calls:
+                try:
+                    results.append(await call)
+                except Exception as exc:
+                    results.append(exc)
+                    if first is None:
+                        first = exc
+        except BaseException:  # cancelled: so are the calls still pending
+            for call in calls:
+                call.cancel()
+            raise
+        if first is not None and not return_exceptions:
+            raise first
+        return results
+
     async def _call_hooked(
         self, method: str, params: Any = ABSENT, *, timeout: Optional[float] = ABSENT,
         idempotent: Optional[bool] = None, meta: Optional[Mapping[str, str]] = None,
@@ -313,7 +532,7 @@ class Client:
         hooks: Hooks = self._hooks  # type: ignore[assignment]
         sent, states = hooks.started(method, None if meta is None else checked_meta(meta))
         try:
-            result = await Client.call(self, method, params, timeout=timeout, idempotent=idempotent, meta=sent)
+            result = await self._call(method, params, timeout, idempotent, sent)
         except BaseException as exc:
             hooks.ended(method, states, exc)
             raise
@@ -516,11 +735,6 @@ class Client:
         await self.close()
 
 
-def _expire(future: "asyncio.Future[Any]", method: str, timeout: float) -> None:
-    if not future.done():
-        future.set_exception(CallTimeout(f"call to {method!r} timed out after {timeout} s"))
-
-
 def _ignore(link: Any) -> None:
     pass
 
@@ -544,7 +758,7 @@ async def _dial(
     """Open a connection, authenticate it and ask for notices: it is ready for calls."""
     host, port = address
     loop = asyncio.get_running_loop()
-    core = ClientConnection(_deliver, ids=ids, max_frame_size=max_frame_size)
+    core = ClientConnection(_deliver, resolve=_Call.set_result, ids=ids, max_frame_size=max_frame_size)
     try:
         _, protocol = await asyncio.wait_for(
             loop.create_connection(lambda: _ClientProtocol(core, loop, max_pending), host, port, ssl=ssl,

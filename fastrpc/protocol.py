@@ -453,7 +453,8 @@ class ClientConnection:
     ``request`` encodes a call and remembers its ``waiter`` (any object the
     I/O layer uses to hand the outcome back: a future, a slot). Received
     bytes are decoded and each outcome is passed to ``deliver(waiter,
-    result, error)`` with exactly one of ``result``/``error`` meaningful.
+    result, error)`` with exactly one of ``result``/``error`` meaningful,
+    or a success to ``resolve(waiter, result)`` if that is given.
 
     With ``ids=False`` requests carry no id and responses are matched by
     order, for servers that ignore ids (the ordered mode).
@@ -463,18 +464,24 @@ class ClientConnection:
         self,
         deliver: Callable[[Any, Any, Optional[BaseException]], None],
         *,
+        resolve: Optional[Callable[[Any, Any], None]] = None,
         ids: bool = True,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         on_drain: Optional[Callable[[str], None]] = None,
     ) -> None:
         self._deliver = deliver
+        # A success goes to resolve(waiter, result) when given: the async client's is Future.set_result,
+        # so that a reply costs no Python frame beyond the read loop's.
+        self._resolve = resolve if resolve is not None else lambda waiter, result: deliver(waiter, result, None)
         self.on_drain = on_drain  # called with the reason of a drain notice
         self.ids = ids
         self._reader = FrameReader(max_frame_size)
         self.get_buffer = self._reader.get_buffer
         self._max_frame_size = max_frame_size
         self._next_key = itertools.count(1).__next__
-        self._pending: Dict[int, Any] = {}
+        #: The waiters of the calls pending, by key: the I/O layer reads it (its length is ``pending``,
+        #: without a property's call), never changes it.
+        self.waiters: Dict[int, Any] = {}
         self._order: Deque[int] = deque()  # keys of id-less requests, oldest first
         self._out: List[bytes] = []
         #: An error frame the server sent with no request to match (for
@@ -486,7 +493,7 @@ class ClientConnection:
     @property
     def pending(self) -> int:
         """Calls sent and not yet answered (or forgotten)."""
-        return len(self._pending)
+        return len(self.waiters)
 
     def request(self, method: str, params: Any, waiter: Any, deadline: Optional[float] = None,
                 meta: Optional[Mapping[str, str]] = None) -> int:
@@ -501,7 +508,7 @@ class ClientConnection:
         if len(body) > self._max_frame_size:
             raise FrameTooLarge(len(body), self._max_frame_size)
         self._out.append(body)
-        self._pending[key] = waiter
+        self.waiters[key] = waiter
         if not self.ids:
             self._order.append(key)
         return key
@@ -517,8 +524,25 @@ class ClientConnection:
         """Stop waiting for ``key`` (timed out, cancelled): its late reply is
         dropped and, if it was still pending, a cancel frame is queued for the
         server (with ids; an id-less call cannot be named)."""
-        if self._pending.pop(key, None) is not None and cancel and self.ids:
+        if self.waiters.pop(key, None) is not None and cancel and self.ids:
             self._out.append(b'{"cancel":%d}' % key)
+
+    def forget_range(self, first: int, last: int) -> List[Any]:
+        """``forget`` the calls keyed ``first`` to ``last`` (both included) that are still pending (their
+        time ran out); returns their waiters."""
+        if not self.any_pending(first, last):  # the common case, tested in C
+            return []
+        waiters = []
+        for key in range(first, last + 1):
+            waiter = self.waiters.get(key)
+            if waiter is not None:
+                self.forget(key)
+                waiters.append(waiter)
+        return waiters
+
+    def any_pending(self, first: int, last: int) -> bool:
+        """Whether a call keyed ``first`` to ``last`` is still pending."""
+        return not self.waiters.keys().isdisjoint(range(first, last + 1))
 
     def data_to_send(self) -> bytes:
         """Every queued request, framed, as one bytes."""
@@ -541,33 +565,31 @@ class ClientConnection:
         """
         reader = self._reader
         reader.buffer_updated(nbytes)
+        next_frame = reader.next_frame
+        resolve = self._resolve
+        # The client's hot path, one pass per reply: read_reply's steps inline (a call and a tuple per
+        # reply cost 10 %), then a dict pop and the waiter's resolve.
         while True:
-            body = reader.next_frame()
+            body = next_frame()
             if body is None:
                 return
-            self._receive_frame(body)
-
-    def _receive_frame(self, body: Union[bytes, memoryview]) -> None:
-        # The client's hot path: read_reply's steps, inline (a call and a tuple per reply cost 10 %).
-        try:
-            reply = _loads(body)
-            rid = reply.get("id")  # AttributeError: not an object
-        except (_JSONDecodeError, AttributeError):
-            raise _not_a_reply(body) from None
-        if rid is None:
-            if not self._order:
-                self._unmatched(reply)
-                return
-            key = self._order.popleft()
-        else:
-            key = rid
-        waiter = self._pending.pop(key, None)
-        if waiter is None:
-            return
-        if "result" in reply and reply.get("out") != "error":  # a success, by read_reply's rule
-            self._deliver(waiter, reply["result"], None)
-        else:
-            self._deliver(waiter, None, _failure(reply))
+            try:
+                reply = _loads(body)
+                rid = reply.get("id")  # AttributeError: not an object
+            except (_JSONDecodeError, AttributeError):
+                raise _not_a_reply(body) from None
+            if rid is None:
+                if not self._order:
+                    self._unmatched(reply)
+                    continue
+                rid = self._order.popleft()
+            waiter = self.waiters.pop(rid, None)
+            if waiter is None:
+                continue
+            if "result" in reply and reply.get("out") != "error":  # a success, by read_reply's rule
+                resolve(waiter, reply["result"])
+            else:
+                self._deliver(waiter, None, _failure(reply))
 
     def _unmatched(self, reply: Dict[str, Any]) -> None:
         if "notice" in reply and "out" not in reply:  # a kind not known here is ignored (section 11)
@@ -587,7 +609,8 @@ class ClientConnection:
 
     def close(self, cause: Optional[BaseException] = None) -> None:
         """The connection is gone: fail every pending call at once."""
-        pending, self._pending = self._pending, {}
+        pending = self.waiters.copy()  # the same dict stays: the I/O layer holds it
+        self.waiters.clear()
         self._order.clear()
         known = self.connection_error
         reason = "connection closed" + (f": {cause}" if cause else "")
@@ -599,6 +622,9 @@ class ClientConnection:
             else:
                 error = ConnectionClosed(reason)
             self._deliver(waiter, None, error)
+
+
+_ceil = math.ceil
 
 
 def _decode_error(error: Dict[str, Any]) -> RemoteError:
@@ -624,7 +650,8 @@ def encode_request(method: str, params: Any = ABSENT, rid: Optional[Id] = None, 
     if rid is not None:
         request["id"] = rid
     if deadline is not None:
-        request["deadline"] = max(0, math.ceil(deadline * 1000))
+        ms = _ceil(deadline * 1000)
+        request["deadline"] = ms if ms > 0 else 0
     if meta:
         if type(meta) is not dict and isinstance(meta, Mapping):
             meta = dict(meta)
@@ -650,7 +677,7 @@ def read_reply(body: Union[bytes, memoryview]) -> Tuple[Dict[str, Any], Any, Opt
         reply = None
     if type(reply) is not dict:
         raise _not_a_reply(body)
-    if "result" in reply and reply.get("out") != "error":  # ClientConnection._receive_frame tests this inline
+    if "result" in reply and reply.get("out") != "error":  # ClientConnection.buffer_updated tests this inline
         return reply, reply["result"], None
     return reply, None, _failure(reply)
 
