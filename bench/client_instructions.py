@@ -58,7 +58,7 @@ def calls(kind: str, port: int, batches: int, batch: int) -> None:
         client = await connect(HOST, port, timeout=30)
         for _ in range(batches):
             if kind == "async-many":
-                results = await client.call_many("ping", [None] * batch)
+                results = await client.call_many([("ping",)] * batch)
             else:
                 results = await asyncio.gather(*[client.call("ping") for _ in range(batch)])
             assert len(results) == batch

@@ -74,14 +74,12 @@ def client(args: argparse.Namespace) -> Dict[str, Any]:
     try:
         async_client = loop.run_until_complete(connect(args.host, args.port, timeout=30))
 
+        pings = [("ping",)] * args.batch
+
         async def one_batch() -> int:
+            if args.kind == "async-many":  # the async client's own batch call
+                return len(await async_client.call_many(pings))
             return len(await asyncio.gather(*[async_client.call("ping") for _ in range(args.batch)]))
-
-        if args.kind == "async-many":  # the async client's own batch call
-            pings = [ABSENT] * args.batch
-
-            async def one_batch() -> int:
-                return len(await async_client.call_many("ping", pings))
 
         result = measure_calls(lambda: loop.run_until_complete(one_batch()), args.duration)
         loop.run_until_complete(async_client.close())

@@ -8,6 +8,7 @@ cdef class FrameReader:
     cdef Py_ssize_t _start
     cdef Py_ssize_t _end
     cdef Py_ssize_t _initial
+    cdef int _small_reads
     cdef readonly Py_ssize_t max_frame_size
     cdef readonly unsigned long long frames
 

@@ -20,6 +20,7 @@ cdef enum:
     HEADER = 4
     MIN_READ = 16 * 1024  # keep equal to _framing_py._MIN_READ
     COPY_BELOW = 1024  # keep equal to _framing_py._COPY_BELOW
+    SHRINK_AFTER = 8  # keep equal to _framing_py._SHRINK_AFTER
 cdef Py_ssize_t DEFAULT_BUFFER_SIZE = 64 * 1024
 cdef unsigned long long MAX_BODY = 0xFFFFFFFF
 
@@ -133,11 +134,14 @@ cdef class FrameReader:
         cdef Py_ssize_t capacity = len(self._buf)
         cdef Py_ssize_t new_capacity
         cdef bytearray buf
-        if kept == 0 and capacity > self._initial and room <= self._initial:
-            # A burst of large frames is over: give the memory back.
-            self._set_buffer(PyByteArray_FromStringAndSize(NULL, self._initial))
-            self._start = self._end = 0
-            return
+        if room > self._initial:
+            self._small_reads = 0
+        elif kept == 0 and capacity > self._initial:
+            self._small_reads += 1
+            if self._small_reads >= SHRINK_AFTER:  # the large frames are over: give the memory back
+                self._set_buffer(PyByteArray_FromStringAndSize(NULL, self._initial))
+                self._start = self._end = 0
+                return
         if kept == 0:
             self._start = self._end = 0
             if room <= capacity:

@@ -26,6 +26,10 @@ _MIN_READ = 16 * 1024
 # Smaller bodies are handed out as bytes copies: copying them costs less than
 # making a memoryview slice, and orjson decodes bytes faster than views.
 _COPY_BELOW = 1024
+# A buffer grown for a large frame is kept until this many reads in a row have needed no more than
+# the initial size: large frames one after another reuse it rather than each allocating (and
+# page-faulting in) its own.
+_SHRINK_AFTER = 8
 
 
 class FrameReader:
@@ -40,13 +44,14 @@ class FrameReader:
     it). The compiled ``FrameReader`` does the same, at the same size.
     """
 
-    __slots__ = ("_buf", "_view", "_start", "_end", "_initial", "max_frame_size", "frames")
+    __slots__ = ("_buf", "_view", "_start", "_end", "_initial", "_small_reads", "max_frame_size", "frames")
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, buffer_size: int = _DEFAULT_BUFFER_SIZE) -> None:
         self.max_frame_size = check_max_frame_size(max_frame_size)
         if buffer_size < _MIN_READ:
             raise ValueError(f"buffer_size must be at least {_MIN_READ}, got {buffer_size!r}")
         self._initial = buffer_size
+        self._small_reads = 0  # reads in a row that needed no more than _initial, the buffer larger
         self._buf = bytearray(buffer_size)
         self._view = memoryview(self._buf)
         self._start = 0  # first byte not yet handed out
@@ -123,12 +128,15 @@ class FrameReader:
         start, end = self._start, self._end
         kept = end - start
         capacity = len(self._buf)
-        if kept == 0 and capacity > self._initial and room <= self._initial:
-            # A burst of large frames is over: give the memory back.
-            self._buf = bytearray(self._initial)
-            self._view = memoryview(self._buf)
-            self._start = self._end = 0
-            return
+        if room > self._initial:
+            self._small_reads = 0
+        elif kept == 0 and capacity > self._initial:
+            self._small_reads += 1
+            if self._small_reads >= _SHRINK_AFTER:  # the large frames are over: give the memory back
+                self._buf = bytearray(self._initial)
+                self._view = memoryview(self._buf)
+                self._start = self._end = 0
+                return
         if kept == 0:
             self._start = self._end = 0
             if room <= capacity:

@@ -488,12 +488,11 @@ class Client:
     call = _coroutine_function(call)
 
     async def call_many(
-        self, method: str, params_list: Iterable[Any], *, timeout: Optional[float] = ABSENT,
+        self, calls: Iterable[Union[Tuple[str], Tuple[str, Any]]], *, timeout: Optional[float] = ABSENT,
         return_exceptions: bool = False, idempotent: Optional[bool] = None, meta: Optional[Mapping[str, str]] = None,
     ) -> List[Any]:
-        """Call ``method`` once with each of ``params_list``, in one write; return their results in order.
-
-        ``params_list`` holds each call's params as ``call`` takes them (``ABSENT`` for none). Every
+        """Make ``calls``, each ``(method,)`` or ``(method, params)``, in one write (as
+        ``SyncClient.call_many`` does); return their results in order. Every
         outcome is waited for before anything is raised; then the first failure in list order is
         raised, unless ``return_exceptions`` is true: failed calls then hold their exception in the
         list, as with ``asyncio.gather``. ``timeout``, ``idempotent`` and ``meta`` apply to each call as
@@ -502,13 +501,13 @@ class Client:
         Cheaper than ``gather`` of ``call``: the calls' futures are awaited in turn (a future already
         answered costs no wait), with no callback per call.
         """
-        calls = [self.call(method, params, timeout=timeout, idempotent=idempotent, meta=meta) for params in params_list]
-        if not all(type(call) is _Call for call in calls):  # off the direct path: coroutines, to run at once
-            calls = [asyncio.ensure_future(call) for call in calls]
+        made = [self.call(*call, timeout=timeout, idempotent=idempotent, meta=meta) for call in calls]
+        if not all(type(call) is _Call for call in made):  # off the direct path: coroutines, to run at once
+            made = [asyncio.ensure_future(call) for call in made]
         results: List[Any] = []
         first: Optional[Exception] = None  # the first failure
         try:
-            for call in calls:
+            for call in made:
                 try:
                     results.append(await call)
                 except Exception as exc:
@@ -516,7 +515,7 @@ class Client:
                     if first is None:
                         first = exc
         except BaseException:  # cancelled: so are the calls still pending
-            for call in calls:
+            for call in made:
                 call.cancel()
             raise
         if first is not None and not return_exceptions:

@@ -154,18 +154,18 @@ def test_call_many(run: Any) -> None:
             return n
 
         async with serving(server) as port, fastrpc.connect("127.0.0.1", port, timeout=5) as client:
-            assert await client.call_many("work", [[0, i] for i in range(100)]) == list(range(100))
-            assert await client.call_many("work", []) == []
-            outcomes = await client.call_many("fail", [0, 2, 1], return_exceptions=True)
+            assert await client.call_many([("work", [0, i]) for i in range(100)]) == list(range(100))
+            assert await client.call_many([]) == []
+            outcomes = await client.call_many([("fail", 0), ("fail", 2), ("fail", 1)], return_exceptions=True)
             assert outcomes[0] == 0 and [str(o) for o in outcomes[1:]] == ["[-32010] failed 2", "[-32010] failed 1"]
             with pytest.raises(fastrpc.RemoteError, match="failed 2"):  # the first in list order
-                await client.call_many("fail", [0, 2, 1])
-            late = await client.call_many("work", [[0.3, "late"], [0, "soon"]], timeout=0.1, return_exceptions=True)
+                await client.call_many([("fail", 0), ("fail", 2), ("fail", 1)])
+            late = await client.call_many([("work", [0.3, "late"]), ("work", [0, "soon"])], timeout=0.1, return_exceptions=True)
             assert isinstance(late[0], fastrpc.CallTimeout) and late[1] == "soon"
             await wait_until("the late call cancelled", lambda: seen["cancelled"] == 1)
             # Cancelled, it cancels every call still pending, on the server too.
             before = seen["cancelled"]
-            many = asyncio.ensure_future(client.call_many("work", [[5, i] for i in range(3)]))
+            many = asyncio.ensure_future(client.call_many([("work", [5, i]) for i in range(3)]))
             await wait_until("the calls running", lambda: seen["started"] >= 105)
             many.cancel()
             await wait_until("the handlers cancelled", lambda: seen["cancelled"] == before + 3)
@@ -180,7 +180,7 @@ def test_call_many_off_the_direct_path(run: Any) -> None:
         server, seen = watched_server()
         hook = fastrpc.ClientHook()
         async with serving(server) as port, fastrpc.connect("127.0.0.1", port, hooks=[hook], retries=1) as client:
-            assert await client.call_many("work", [[0.2, i] for i in range(10)]) == list(range(10))
+            assert await client.call_many([("work", [0.2, i]) for i in range(10)]) == list(range(10))
             assert seen["started"] == 10
 
     run(main())

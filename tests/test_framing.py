@@ -115,8 +115,29 @@ def test_grows_for_a_large_frame_and_shrinks_after(impl: Any) -> None:
     feed_via_buffer(reader, frame(body))
     assert reader.capacity >= len(body) + 4
     assert bytes(reader.next_frame()) == body
-    reader.get_buffer(-1)
+    for _ in range(7):  # kept for the next large frame a while...
+        reader.get_buffer(-1)
+        assert reader.capacity >= len(body) + 4
+    reader.get_buffer(-1)  # ...then given back
     assert reader.capacity == 64 * 1024
+
+
+def test_large_frames_one_after_another_reuse_one_buffer(impl: Any) -> None:
+    reader = impl.FrameReader()
+    body = b"z" * (1024 * 1024)
+    buffers: List[Any] = []  # held, so that no id is reused
+    for _ in range(5):
+        data = frame(body)
+        while data:
+            view = reader.get_buffer(65536)
+            if not any(view.obj is buffer for buffer in buffers):
+                buffers.append(view.obj)
+            n = min(len(view), len(data), 50000)
+            view[:n] = data[:n]
+            reader.buffer_updated(n)
+            data = data[n:]
+        assert bytes(reader.next_frame()) == body
+    assert len(buffers) == 2  # the first 64 KiB, then one of the frame's size for all five
 
 
 def test_a_large_frame_gets_one_buffer_of_its_size(impl: Any) -> None:
