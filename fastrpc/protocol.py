@@ -116,7 +116,7 @@ def metadata() -> Dict[str, str]:
 
 
 def _invoke(func: Callable[..., Any], params: Any, raw: bool) -> Any:
-    """``func`` called with ``params`` bound as docs/protocol.md section 7 says (ServerConnection._receive_frame inlines this)."""
+    """``func`` called with ``params`` bound as docs/protocol.md section 7 says (the server core's _receive_frame inlines it)."""
     if raw:
         return func(None if params is ABSENT else params)
     if type(params) is list:
