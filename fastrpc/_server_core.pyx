@@ -27,7 +27,7 @@ from fastrpc.errors import FrameTooLarge
 __all__ = ["MethodCore", "ServerCore"]
 
 cdef extern from "Python.h":
-    int _PyBytes_Resize(PyObject** bytes, Py_ssize_t newsize) except -1
+    int _PyBytes_Resize(PyObject** bytes, Py_ssize_t newsize)  # on failure: frees it, NULL, MemoryError
 
 cdef object _loads = orjson.loads
 cdef object _dumps = orjson.dumps
@@ -36,7 +36,7 @@ cdef object _ABSENT = ABSENT
 cdef bytes _ID_PART = b', "id": '  # keep equal to _server_core_py._ID_PART
 cdef enum:
     HEADER = 4
-    FIRST_OUT = 256  # the smallest output buffer
+    FIRST_OUT = 256  # the first output buffer's size (later ones start at the last one's)
     KEEP_OUT = 64 * 1024  # the most a connection's next output buffer starts with
 
 
@@ -119,6 +119,7 @@ cdef class ServerCore:
     # handed out (cut to length) by data_to_send.
     cdef PyObject* _out
     cdef Py_ssize_t _used
+    cdef Py_ssize_t _queued  # frames in it: counted as sent when handed out, as the twin counts them
     cdef Py_ssize_t _next_size  # the next buffer's first size: the last one's, up to KEEP_OUT
 
     def __init__(self, methods, max_frame_size):
@@ -267,7 +268,7 @@ cdef class ServerCore:
                 p = write_bytes(p, encoded_id)
         p[0] = c'}'
         self._used += HEADER + size
-        self.frames_sent += 1
+        self._queued += 1
         return 0
 
     def _result_body(self, method, result, rid):
@@ -291,7 +292,7 @@ cdef class ServerCore:
         cdef Py_ssize_t size = PyBytes_GET_SIZE(body)
         write_bytes(write_length(self._reserve(HEADER + size), size), body)
         self._used += HEADER + size
-        self.frames_sent += 1
+        self._queued += 1
 
     cdef char* _reserve(self, Py_ssize_t room) except NULL:
         """Where ``room`` more bytes of output go (``_used`` is not moved)."""
@@ -308,8 +309,16 @@ cdef class ServerCore:
                 capacity *= 2
                 if capacity < self._used + room:
                     capacity = self._used + room
-                _PyBytes_Resize(&self._out, capacity)  # only this core refers to it: resized in place
+                self._resize(capacity)  # only this core refers to it: resized in place
         return PyBytes_AS_STRING(<object>self._out) + self._used
+
+    cdef int _resize(self, Py_ssize_t size) except -1:
+        if _PyBytes_Resize(&self._out, size) < 0:
+            # The buffer is gone, and the replies in it: start again from empty, never from the
+            # old length into a new, smaller buffer (the MemoryError goes on; the connection cannot).
+            self._used = self._queued = 0
+            return -1
+        return 0
 
     def data_to_send(self):
         """Every response that may be sent now, framed, in order."""
@@ -321,12 +330,14 @@ cdef class ServerCore:
             data = b""
         else:
             if self._used != PyBytes_GET_SIZE(<object>self._out):
-                _PyBytes_Resize(&self._out, self._used)
+                self._resize(self._used)
             data = <object>self._out
             Py_DECREF(data)  # the core's own reference passes to the caller
             self._out = NULL
             self._next_size = self._used if self._used < KEEP_OUT else KEEP_OUT
             self._used = 0
+            self.frames_sent += self._queued
+            self._queued = 0
         if self._raw_reply:
             data, self._raw_reply = data + self._raw_reply, b""
         self.bytes_sent += len(data)

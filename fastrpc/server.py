@@ -796,8 +796,12 @@ class _Connection(asyncio.BufferedProtocol):
             return True
         return False
 
-    def _expire(self, call: Call) -> None:
-        """The call's deadline passed: stop it and answer with the timeout error."""
+    def _expire(self, call: Call, deadline: List[float]) -> None:
+        """The call's deadline passed: stop it and answer with the timeout error. ``deadline``, what
+        ``remaining()`` reads in its task, is set to 0: the timer may fire a little before the loop's
+        clock reaches the deadline (uvloop counts milliseconds), and middleware asks ``remaining()``
+        whether a stopped call timed out."""
+        deadline[0] = 0.0
         if call in self._tasks:
             self._stopped[call] = DeadlineExceeded(f"timed out: the call's deadline of {call.deadline * 1000:g} ms passed")  # type: ignore[operator]
             self._tasks[call].cancel()
@@ -815,8 +819,9 @@ class _Connection(asyncio.BufferedProtocol):
     async def _run(self, call: Call) -> None:
         timer = None
         if call.deadline is not None:
-            timer = self._loop.call_later(call.deadline, self._expire, call)
-            _DEADLINE.set(self._loop.time() + call.deadline)  # this task's own context
+            deadline = [self._loop.time() + call.deadline]
+            timer = self._loop.call_at(deadline[0], self._expire, call, deadline)
+            _DEADLINE.set(deadline)  # this task's own context
         if call.meta is not None:
             enter_metadata(call.meta)
         try:
@@ -864,7 +869,8 @@ class _Connection(asyncio.BufferedProtocol):
 
 
 _NO_REPLY = ShuttingDown("cancelled by the client")  # a marker: the client asked for no reply
-_DEADLINE: "contextvars.ContextVar[Optional[float]]" = contextvars.ContextVar("fastrpc_deadline", default=None)
+# The running call's deadline (loop time) in a box that _expire sets to 0, or None.
+_DEADLINE: "contextvars.ContextVar[Optional[List[float]]]" = contextvars.ContextVar("fastrpc_deadline", default=None)
 
 
 def remaining() -> Optional[float]:
@@ -873,7 +879,7 @@ def remaining() -> Optional[float]:
     deadline = _DEADLINE.get()
     if deadline is None:
         return None
-    return max(0.0, deadline - asyncio.get_running_loop().time())
+    return max(0.0, deadline[0] - asyncio.get_running_loop().time())
 
 
 class _FailureWindow:

@@ -96,3 +96,27 @@ def test_a_logger_of_ones_own(run: Any, caplog: pytest.LogCaptureFixture) -> Non
     run(main())
     [record] = caplog.records
     assert record.name == "myapp.calls" and LINE.fullmatch(record.getMessage()).groups() == ("add", "OK")
+
+
+def test_every_call_past_its_deadline_is_logged_as_a_timeout(run: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """The deadline's timer may fire a little before the loop's clock reaches the deadline (uvloop
+    counts milliseconds): remaining() said time was left, and such a call was logged CANCELLED."""
+    caplog.set_level(logging.INFO, logger="fastrpc.access")
+    calls = 40
+
+    async def main() -> None:
+        async with serving(logged_server()) as port:
+            raw = await RawConnection.open(port)
+            for i in range(calls):
+                await raw.send(frame(b'{"in": "sleep", "params": [5], "id": %d, "deadline": %d}' % (i, 1 + i % 4)))
+            for _ in range(calls):
+                reply = orjson.loads(await asyncio.wait_for(raw.read_frame(), 10))
+                assert reply["error"]["code"] == fastrpc.ErrorCode.TIMEOUT
+            for _ in range(1000):  # the last lines may follow the replies
+                if len(lines(caplog)) == calls:
+                    break
+                await asyncio.sleep(0.01)
+            await raw.close()
+
+    run(main())
+    assert lines(caplog) == [("sleep", "TIMEOUT")] * calls

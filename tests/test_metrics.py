@@ -368,6 +368,8 @@ def test_every_core_counts_its_traffic(name: str) -> None:
     for data in (frames, struct.pack(">I", 10**9)):  # three replies, then the frame-too-large error
         written += core.receive_data(data)
     assert traffic(core) == (len(frames) + 4, len(written), 3, 4)
+    core._send(b"{}")  # queued, never handed out (the connection ended first): not sent
+    assert traffic(core)[3] == 4
     probe = connection(methods, lambda call: False)
     reply = probe.receive_data(b"ping")  # the text probe: bytes, but no frame
     assert reply != b"" and traffic(probe) == (4, len(reply), 0, 0)

@@ -514,7 +514,7 @@ def test_a_missing_compiled_framing_is_warned_of_once() -> None:
 
 
 def test_run_logs_the_listening_line() -> None:
-    stderr = _serve_briefly("", "fastrpc.run(fastrpc.Server(), '127.0.0.1', {port})", {"FASTRPC_NO_EXTENSIONS": ""})
+    stderr = _serve_briefly("", "fastrpc.run(fastrpc.Server(), '127.0.0.1', {port})")  # the framing this run has
     assert "INFO [" in stderr and "fastrpc.server: fastrpc listening on 127.0.0.1:" in stderr
     from fastrpc import framing
 

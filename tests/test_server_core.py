@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 from typing import Any, Dict, List
 
+import _testcapi  # CPython's own test module: it can make the next allocation fail
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -112,3 +113,20 @@ def test_a_large_reply_grows_the_output_and_keeps_what_was_before() -> None:
     big = SERVER_CONNECTIONS["cython"](methods(), lambda call: None, max_frame_size=1 << 20)
     twin = SERVER_CONNECTIONS["python"](methods(), lambda call: None, max_frame_size=1 << 20)
     assert big.receive_data(stream) == twin.receive_data(stream)
+
+
+def test_an_output_buffer_that_cannot_grow_loses_its_replies_not_the_process() -> None:
+    """A failed resize frees the output buffer (MemoryError): the core starts again from empty. It
+    went on from the old length into a new, smaller buffer: a write out of bounds (a crash), then
+    uninitialised memory sent to the peer."""
+    core = SERVER_CONNECTIONS["cython"](methods(), lambda call: None)
+    core._send(b"x" * 100)  # a buffer of 256 bytes
+    big = b"y" * 100_000
+    with pytest.raises(MemoryError):
+        _testcapi.set_nomemory(0, 1)  # the next allocation fails: the resize for ``big``
+        try:
+            core._send(big)
+        finally:
+            _testcapi.remove_mem_hooks()
+    core._send(b"z")
+    assert core.data_to_send() == frame(b"z") and core.frames_sent == 1
