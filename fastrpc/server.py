@@ -266,6 +266,11 @@ class Server:
             return None
         return tuple(self._metrics_http.sockets[0].getsockname())
 
+    @property
+    def _registry(self) -> Mapping[str, Method]:
+        """What connections look methods up in: ``methods``, or with metrics on their metered copies."""
+        return self.methods if self._metered is None else self._metered
+
     def metrics_snapshot(self) -> Dict[str, Any]:
         """The server's metrics as plain data (``fastrpc.metrics.FAMILIES``: {"bounds": [...],
         "families": {name: [[label values], value] or [[label values], bucket counts, sum]}}).
@@ -516,8 +521,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._server = server
         options = dict(cancel=self._cancel_by_id, report=self._handler_failed, count_error=server.stats.count_error,
                        max_frame_size=server.max_frame_size, debug=server.debug)
-        registry = server.methods if server.metrics is None else server._metered
-        self._core = core = ServerConnection(registry, self._spawn, **options)  # type: ignore[arg-type]
+        self._core = core = ServerConnection(server._registry, self._spawn, **options)  # type: ignore[arg-type]
         # The transport looks get_buffer and buffer_updated up once, before connection_made:
         # binding the core's own methods here spares a Python call per read (two at one
         # request per read, where they are a tenth of the server's instructions).
@@ -557,8 +561,7 @@ class _Connection(asyncio.BufferedProtocol):
             return
         server.stats.connections_opened += 1
         core = self._core
-        registry: Mapping[str, Method] = server.methods if server.metrics is None else server._metered  # type: ignore[assignment]
-        methods = registry
+        registry = methods = server._registry
         if server.middleware:
             methods = HookedMethods(server.methods, server.middleware, self._peer, transport.get_extra_info("sockname"))
             if server.metrics is not None:  # timed around the middleware: a call it fails is not also counted OK
