@@ -9,10 +9,11 @@ methods, called as the twin calls them.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_GetItemWithError
+from cpython.dict cimport PyDict_Next
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
+from cpython.unicode cimport PyUnicode_DATA, PyUnicode_GET_LENGTH
 from libc.string cimport memcpy
 from libc.stdint cimport uint32_t
 
@@ -28,12 +29,41 @@ __all__ = ["MethodCore", "ServerCore"]
 
 cdef extern from "Python.h":
     int _PyBytes_Resize(PyObject** bytes, Py_ssize_t newsize)  # on failure: frees it, NULL, MemoryError
+    bint PyUnicode_IS_COMPACT_ASCII(object text)
+
+cdef extern from *:
+    """
+    /* Whether n bytes of ASCII go into a JSON string as they are: no control character, no
+       quote (0x22), no backslash (0x5C). Blocks of 32 are tested without an early exit, which
+       compilers turn into vector code. */
+    #define FASTRPC_ESCAPED(c) (((c) < 0x20) | ((c) == 0x22) | ((c) == 0x5C))
+    static int fastrpc_plain_ascii(const unsigned char *s, Py_ssize_t n) {
+        Py_ssize_t i = 0;
+        for (; i + 32 <= n; i += 32) {
+            unsigned char escaped = 0;
+            for (int j = 0; j < 32; j++)
+                escaped |= (unsigned char)FASTRPC_ESCAPED(s[i + j]);
+            if (escaped)
+                return 0;
+        }
+        for (; i < n; i++)
+            if (FASTRPC_ESCAPED(s[i]))
+                return 0;
+        return 1;
+    }
+    """
+    bint fastrpc_plain_ascii(const unsigned char* s, Py_ssize_t n) noexcept
 
 cdef object _loads = orjson.loads
 cdef object _dumps = orjson.dumps
 cdef object _JSONDecodeError = orjson.JSONDecodeError
 cdef object _ABSENT = ABSENT
 cdef bytes _ID_PART = b', "id": '  # keep equal to _server_core_py._ID_PART
+# The request keys as orjson last made them: it keeps one object per short key, so a key is
+# usually told by its address (no hash, no compare); one equal by value replaces the old.
+cdef PyObject* _KEY_IN = NULL
+cdef PyObject* _KEY_ID = NULL
+cdef PyObject* _KEY_PARAMS = NULL
 cdef enum:
     HEADER = 4
     FIRST_OUT = 256  # the first output buffer's size (later ones start at the last one's)
@@ -54,17 +84,17 @@ cdef inline char* write_bytes(char* p, bytes data) noexcept:
     return p + n
 
 
-cdef Py_ssize_t format_id(char* out, object rid):
-    """An int id's decimal digits into ``out`` (20 bytes): their count, or -1 for ids that are not a
-    64-bit int (orjson writes those)."""
+cdef Py_ssize_t format_int(char* out, object number):
+    """An int's decimal digits into ``out`` (20 bytes): their count, or -1 for anything but an
+    int that fits 64 signed bits (orjson writes those)."""
     cdef int overflow = 0
     cdef long long value
     cdef unsigned long long magnitude
     cdef char digits[20]
     cdef Py_ssize_t n = 0, i = 0
-    if type(rid) is not int:
+    if type(number) is not int:
         return -1
-    value = PyLong_AsLongLongAndOverflow(rid, &overflow)
+    value = PyLong_AsLongLongAndOverflow(number, &overflow)
     if overflow:
         return -1
     if value < 0:
@@ -84,6 +114,26 @@ cdef Py_ssize_t format_id(char* out, object rid):
         out[i] = digits[n]
         i += 1
     return i
+
+
+cdef inline void _keep(PyObject** known, PyObject* key) noexcept:
+    Py_INCREF(<object>key)
+    Py_XDECREF(known[0])
+    known[0] = key
+
+
+_keep(&_KEY_IN, <PyObject*>"in")
+_keep(&_KEY_ID, <PyObject*>"id")
+_keep(&_KEY_PARAMS, <PyObject*>"params")
+
+
+cdef inline bint _is_key(PyObject* key, PyObject** known, str name) except -1:
+    """Whether ``key`` is the request key ``name``, though not the object last seen for it
+    (``known``, which it then replaces)."""
+    if <object>key != name:
+        return False
+    _keep(known, key)
+    return True
 
 
 cdef class MethodCore:
@@ -175,7 +225,12 @@ cdef class ServerCore:
     cdef bint _receive_frame(self, object body) except -1:
         cdef object request, rid, found, params, func, result
         cdef MethodCore method
-        cdef PyObject* item
+        cdef Py_ssize_t pos = 0
+        cdef PyObject* key
+        cdef PyObject* value
+        cdef PyObject* in_value = NULL
+        cdef PyObject* id_value = NULL
+        cdef PyObject* params_value = NULL
         try:
             request = _loads(body)
         except _JSONDecodeError:
@@ -184,30 +239,34 @@ cdef class ServerCore:
         if type(request) is not dict:
             self._reject(body)
             return False
-        item = PyDict_GetItemWithError(request, "in")
-        if item is NULL:
+        while PyDict_Next(request, &pos, &key, &value):
+            if key == _KEY_IN or (in_value is NULL and _is_key(key, &_KEY_IN, "in")):
+                in_value = value
+            elif key == _KEY_ID or (id_value is NULL and _is_key(key, &_KEY_ID, "id")):
+                id_value = value
+            elif key == _KEY_PARAMS or (params_value is NULL and _is_key(key, &_KEY_PARAMS, "params")):
+                params_value = value
+        if in_value is NULL:
             self._reject(body)
             return False
         methods = self._methods
         try:
             if type(methods) is dict:
-                found = (<dict>methods)[<object>item]
+                found = (<dict>methods)[<object>in_value]
             else:
-                found = methods[<object>item]
+                found = methods[<object>in_value]
         except (KeyError, TypeError):
             self._reject(body)
             return False
         method = found  # a registry holds Methods (their fields are read in C)
-        item = PyDict_GetItemWithError(request, "id")
-        if item is NULL:
+        if id_value is NULL:
             rid = None
         else:
-            rid = <object>item
+            rid = <object>id_value
             if type(rid) is not int and type(rid) is not str and rid is not None:
                 self._reject(body)
                 return False
-        item = PyDict_GetItemWithError(request, "params")
-        params = _ABSENT if item is NULL else <object>item
+        params = _ABSENT if params_value is NULL else <object>params_value
         func = method.func
         try:
             if method.unbound:
@@ -235,22 +294,46 @@ cdef class ServerCore:
         return False
 
     cdef int _write_result(self, MethodCore method, object result, object rid) except -1:
-        """``_send(_result_body(...))`` without the body object: the reply framed in place."""
+        """``_send(_result_body(...))`` without the body object: the reply framed in place.
+        Plain scalars (None, bools, 64-bit ints, ASCII text with nothing to escape) are written
+        here as orjson writes them, without an encoded copy; orjson encodes everything else."""
         cdef bytes prefix = method.prefix
         cdef bytes encoded
         cdef bytes encoded_id = None
         cdef char digits[24]
+        cdef char number[24]
+        cdef const char* text = NULL
+        cdef Py_ssize_t text_size = -1
+        cdef Py_ssize_t quotes = 0
         cdef Py_ssize_t id_size = 0
         cdef Py_ssize_t size
         cdef char* p
-        try:
-            encoded = _dumps(result)
-        except TypeError:  # the usual way answers it (orjson.JSONEncodeError is a TypeError)
-            self._send(self._result_body(method, result, rid))
-            return 0
-        size = PyBytes_GET_SIZE(prefix) + PyBytes_GET_SIZE(encoded) + 1
+        if type(result) is str:
+            if PyUnicode_IS_COMPACT_ASCII(result):
+                text = <const char*>PyUnicode_DATA(result)
+                text_size = PyUnicode_GET_LENGTH(result)
+                if fastrpc_plain_ascii(<const unsigned char*>text, text_size):
+                    quotes = 2
+                else:
+                    text_size = -1
+        elif result is None:
+            text, text_size = b"null", 4
+        elif result is True:
+            text, text_size = b"true", 4
+        elif result is False:
+            text, text_size = b"false", 5
+        else:
+            text, text_size = number, format_int(number, result)
+        if text_size < 0:
+            try:
+                encoded = _dumps(result)
+            except TypeError:  # the usual way answers it (orjson.JSONEncodeError is a TypeError)
+                self._send(self._result_body(method, result, rid))
+                return 0
+            text, text_size = PyBytes_AS_STRING(encoded), PyBytes_GET_SIZE(encoded)
+        size = PyBytes_GET_SIZE(prefix) + quotes + text_size + 1
         if rid is not None:
-            id_size = format_id(digits, rid)
+            id_size = format_int(digits, rid)
             if id_size < 0:
                 encoded_id = _dumps(rid)
                 id_size = PyBytes_GET_SIZE(encoded_id)
@@ -258,7 +341,15 @@ cdef class ServerCore:
         if size > self._max_frame_size:
             self._send(self._result_body(method, result, rid))  # the usual way replaces it with the error
             return 0
-        p = write_bytes(write_bytes(write_length(self._reserve(HEADER + size), size), prefix), encoded)
+        p = write_bytes(write_length(self._reserve(HEADER + size), size), prefix)
+        if quotes:
+            p[0] = c'"'
+            p += 1
+        memcpy(p, text, text_size)
+        p += text_size
+        if quotes:
+            p[0] = c'"'
+            p += 1
         if rid is not None:
             p = write_bytes(p, _ID_PART)
             if encoded_id is None:

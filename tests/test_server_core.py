@@ -8,7 +8,7 @@ size and failure below must come out byte for byte the same.
 from __future__ import annotations
 
 import struct
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import _testcapi  # CPython's own test module: it can make the next allocation fail
 import orjson
@@ -55,10 +55,10 @@ def frame(body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
-def run(name: str, stream: bytes, cuts: List[int]) -> List[bytes]:
+def run(name: str, stream: bytes, cuts: List[int], registry: Optional[Dict[str, Method]] = None) -> List[bytes]:
     """What one core returns for ``stream`` cut at ``cuts``; async calls are left waiting."""
     calls: List[Any] = []
-    core = SERVER_CONNECTIONS[name](methods(), lambda call: calls.append(call), max_frame_size=MAX_FRAME)
+    core = SERVER_CONNECTIONS[name](registry or methods(), lambda call: calls.append(call), max_frame_size=MAX_FRAME)
     out = []
     start = 0
     for cut in [*sorted(cuts), len(stream)]:
@@ -130,3 +130,50 @@ def test_an_output_buffer_that_cannot_grow_loses_its_replies_not_the_process() -
             _testcapi.remove_mem_hooks()
     core._send(b"z")
     assert core.data_to_send() == frame(b"z") and core.frames_sent == 1
+
+
+def returning(result: Any) -> Dict[str, Method]:
+    return {"give": Method("give", lambda: result)}
+
+
+GIVE = frame(b'{"in": "give", "id": 7}') + frame(b'{"in": "give"}')
+# The compiled core writes None, bools, 64-bit ints and ASCII text with nothing to escape itself.
+SCALARS = [None, True, False, 0, -1, 7, 2**63 - 1, -2**63, 2**63, 2**64 - 1, 2**64, -2**63 - 1, "", "pong",
+           "a" * 31 + '"', "a" * 32 + "\\", "a" * 64 + "\x1f", "\x7f", "caf\u00e9", "\U0001f600", 1.5, -0.0, [1], {"a": None}]
+
+
+class Text(str):
+    pass
+
+
+@pytest.mark.parametrize("result", SCALARS + [Text("sub"), 3 == 3.0], ids=repr)
+def test_a_scalar_result_is_written_as_orjson_writes_it(result: Any) -> None:
+    assert run("cython", GIVE, [], returning(result)) == run("python", GIVE, [], returning(result))
+
+
+def test_an_escape_anywhere_in_ascii_text_is_seen() -> None:
+    """Text is tested for characters to escape 32 bytes at a time, then byte by byte: an escape at
+    any place of any block, or of the rest, must send it to orjson."""
+    for size in range(0, 100):
+        for at in range(size):
+            for escape in ('"', "\\", "\n", "\x00", "\x1f"):
+                text = "a" * at + escape + "a" * (size - at - 1)
+                assert run("cython", GIVE, [], returning(text)) == run("python", GIVE, [], returning(text)), (size, at, escape)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(), st.text(st.characters(max_codepoint=127)), st.integers(), st.booleans(), st.none()))
+def test_any_scalar_result_is_written_alike(result: Any) -> None:
+    assert run("cython", GIVE, [], returning(result)) == run("python", GIVE, [], returning(result))
+
+
+KEYS = st.sampled_from([b'"in": "echo"', b'"in": "raw"', b'"id": 5', b'"id": "x"', b'"params": [1, 2]', b'"params": {"a": 1}',
+                        b'"meta": {}', b'"i": 1', b'"inn": 2', b'"param": 3', b'"ID": 4', b'"paramsx": 5', b'"in": 9'])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(KEYS, max_size=6), max_size=6))
+def test_request_keys_in_any_order_with_others_and_repeats_are_read_alike(requests: List[List[bytes]]) -> None:
+    """The compiled core reads a request's keys in one walk over it; the twin looks each one up."""
+    stream = b"".join(frame(b"{" + b", ".join(keys) + b"}") for keys in requests)
+    assert run("cython", stream, []) == run("python", stream, [])
