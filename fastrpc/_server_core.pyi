@@ -3,6 +3,8 @@ from typing import Any, List, Optional, Union
 
 from ._framing import FrameReader
 
+def ping(params: Any) -> Any: ...
+
 class MethodCore:
     name: str
     func: Any

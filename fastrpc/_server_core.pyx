@@ -14,7 +14,7 @@ from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
 from cpython.unicode cimport PyUnicode_DATA, PyUnicode_GET_LENGTH
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 from libc.stdint cimport uint32_t
 
 from collections import deque
@@ -25,7 +25,7 @@ from fastrpc._framing cimport FrameReader
 from fastrpc.absent import ABSENT
 from fastrpc.errors import FrameTooLarge
 
-__all__ = ["MethodCore", "ServerCore"]
+__all__ = ["MethodCore", "ServerCore", "ping"]
 
 cdef extern from "Python.h":
     int _PyBytes_Resize(PyObject** bytes, Py_ssize_t newsize)  # on failure: frees it, NULL, MemoryError
@@ -128,12 +128,26 @@ _keep(&_KEY_PARAMS, <PyObject*>"params")
 
 
 cdef inline bint _is_key(PyObject* key, PyObject** known, str name) except -1:
-    """Whether ``key`` is the request key ``name``, though not the object last seen for it
-    (``known``, which it then replaces)."""
-    if <object>key != name:
+    """Whether ``key`` (a str: the keys of a decoded JSON object are) is the request key ``name``,
+    though not the object last seen for it (``known``, which it then replaces)."""
+    if PyUnicode_GET_LENGTH(<object>key) != PyUnicode_GET_LENGTH(name) or <object>key != name:
         return False
     _keep(known, key)
     return True
+
+
+def ping(params):
+    """The built-in ``ping``'s handler: answers with the params it was sent (compiled: load
+    balancers and benchmarks call it more than anything)."""
+    return params
+
+
+cdef inline bint _same_ascii(object text, object other):
+    """Whether both are str of the same ASCII characters (false for anything else)."""
+    return (type(text) is str and type(other) is str
+            and PyUnicode_IS_COMPACT_ASCII(text) and PyUnicode_IS_COMPACT_ASCII(other)
+            and PyUnicode_GET_LENGTH(text) == PyUnicode_GET_LENGTH(other)
+            and memcmp(PyUnicode_DATA(text), PyUnicode_DATA(other), PyUnicode_GET_LENGTH(text)) == 0)
 
 
 cdef class MethodCore:
@@ -164,6 +178,9 @@ cdef class ServerCore:
     cdef readonly unsigned long long frames_sent
     cdef public object write
     cdef public object after_read
+    # The last method called's name: a request naming it again is looked up with this object,
+    # whose hash is cached (the request's own name is a new str, hashed at each lookup).
+    cdef object _last_name
     cdef public bint watch_reads
     # The replies so far, framed: a bytes object only this core refers to, grown in place,
     # handed out (cut to length) by data_to_send.
@@ -223,7 +240,7 @@ cdef class ServerCore:
         return self._take()
 
     cdef bint _receive_frame(self, object body) except -1:
-        cdef object request, rid, found, params, func, result
+        cdef object request, name, rid, found, params, func, result
         cdef MethodCore method
         cdef Py_ssize_t pos = 0
         cdef PyObject* key
@@ -240,25 +257,36 @@ cdef class ServerCore:
             self._reject(body)
             return False
         while PyDict_Next(request, &pos, &key, &value):
-            if key == _KEY_IN or (in_value is NULL and _is_key(key, &_KEY_IN, "in")):
+            if key == _KEY_IN:
                 in_value = value
-            elif key == _KEY_ID or (id_value is NULL and _is_key(key, &_KEY_ID, "id")):
+            elif key == _KEY_ID:
                 id_value = value
-            elif key == _KEY_PARAMS or (params_value is NULL and _is_key(key, &_KEY_PARAMS, "params")):
+            elif key == _KEY_PARAMS:
+                params_value = value
+            elif _is_key(key, &_KEY_IN, "in"):
+                in_value = value
+            elif _is_key(key, &_KEY_ID, "id"):
+                id_value = value
+            elif _is_key(key, &_KEY_PARAMS, "params"):
                 params_value = value
         if in_value is NULL:
             self._reject(body)
             return False
+        name = <object>in_value
+        if _same_ascii(name, self._last_name):
+            name = self._last_name  # its hash is known, and it is likely the registry's own key
         methods = self._methods
         try:
             if type(methods) is dict:
-                found = (<dict>methods)[<object>in_value]
+                found = (<dict>methods)[name]
             else:
-                found = methods[<object>in_value]
+                found = methods[name]
         except (KeyError, TypeError):
             self._reject(body)
             return False
         method = found  # a registry holds Methods (their fields are read in C)
+        if method.name is not self._last_name:
+            self._last_name = method.name
         if id_value is NULL:
             rid = None
         else:

@@ -17,7 +17,7 @@ from ._framing_py import FrameReader, pack_frames
 from .absent import ABSENT
 from .errors import FrameTooLarge
 
-__all__ = ["MethodCore", "ServerCore"]
+__all__ = ["MethodCore", "ServerCore", "ping"]
 
 _loads = orjson.loads
 _dumps = orjson.dumps
@@ -27,6 +27,11 @@ _ID_TYPES = (int, str, type(None))  # exact types: a bool is not an id
 # {"in": "ping", "params": "sha params"} gets the same bytes the seed's
 # server sends: {"out": "pong", "result": "sha params"}.
 _ID_PART = b', "id": '
+
+
+def ping(params: Any) -> Any:
+    """The built-in ``ping``'s handler: answers with the params it was sent."""
+    return params
 
 
 class MethodCore:

@@ -2,7 +2,8 @@
 
 ``FrameReader`` and ``pack_frames`` split and join frames; ``ServerCore`` is a
 server connection's per-request path (``protocol.ServerConnection`` is built
-on it), ``MethodCore`` the fields of a method it reads (``protocol.Method``). ``IMPLEMENTATION`` says which were loaded: ``"cython"`` (the
+on it), ``MethodCore`` the fields of a method it reads (``protocol.Method``),
+``ping`` the built-in ``ping``'s handler. ``IMPLEMENTATION`` says which were loaded: ``"cython"`` (the
 extensions ``fastrpc._framing`` and ``fastrpc._server_core``) or ``"python"``
 (their twins ``_framing_py`` and ``_server_core_py``), the latter when
 ``FASTRPC_NO_EXTENSIONS`` is set or an extension is not built.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-__all__ = ["IMPLEMENTATION", "FALLBACK_REASON", "FrameReader", "MethodCore", "ServerCore", "pack_frames"]
+__all__ = ["IMPLEMENTATION", "FALLBACK_REASON", "FrameReader", "MethodCore", "ServerCore", "pack_frames", "ping"]
 
 IMPLEMENTATION: str
 FALLBACK_REASON: Optional[str] = None
@@ -23,10 +24,10 @@ FALLBACK_REASON: Optional[str] = None
 if os.environ.get("FASTRPC_NO_EXTENSIONS", "").lower() in ("", "0", "false", "no"):
     try:
         from ._framing import FrameReader, pack_frames
-        from ._server_core import MethodCore, ServerCore
+        from ._server_core import MethodCore, ServerCore, ping
     except ImportError as exc:
         from ._framing_py import FrameReader, pack_frames
-        from ._server_core_py import MethodCore, ServerCore
+        from ._server_core_py import MethodCore, ServerCore, ping
 
         IMPLEMENTATION = "python"
         FALLBACK_REASON = str(exc)
@@ -34,6 +35,6 @@ if os.environ.get("FASTRPC_NO_EXTENSIONS", "").lower() in ("", "0", "false", "no
         IMPLEMENTATION = "cython"
 else:
     from ._framing_py import FrameReader, pack_frames
-    from ._server_core_py import MethodCore, ServerCore
+    from ._server_core_py import MethodCore, ServerCore, ping
 
     IMPLEMENTATION = "python"

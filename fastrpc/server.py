@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Opti
 
 from .errors import DeadlineExceeded, ErrorCode, ShuttingDown
 from . import framing
-from .framing import pack_frames
+from .framing import pack_frames, ping
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
 from .auth import TokenGate
 from .metrics import (MeteredMethods, meter, MetricsBindError, ServerMetrics, server_snapshot, traffic,
@@ -75,11 +75,6 @@ OPEN, DRAINING, ENDING, CLOSED = "open", "draining", "ending", "closed"
 
 #: Names starting with this are fastrpc's built-in methods; applications cannot register them.
 BUILTIN_PREFIX = "rpc."
-
-
-def _ping(params: Any = None) -> Any:
-    """Built-in liveness check: answers ``pong`` with the params it was sent."""
-    return params
 
 
 class Server:
@@ -155,7 +150,7 @@ class Server:
         self._builtins: Dict[str, Method] = {
             BUILTIN_PREFIX + "health": Method(BUILTIN_PREFIX + "health", self._health, raw_params=True),
         }
-        self.methods: Dict[str, Method] = {"ping": Method("ping", _ping, out="pong", raw_params=True), **self._builtins}
+        self.methods: Dict[str, Method] = {"ping": Method("ping", ping, out="pong", raw_params=True), **self._builtins}
         self.middleware: List[Middleware] = []
         self._server: Optional[asyncio.AbstractServer] = None
         self._connections: Set[_Connection] = set()  # OPEN or DRAINING: served, and counted against max_connections
