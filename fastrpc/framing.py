@@ -2,9 +2,11 @@
 
 ``FrameReader`` and ``pack_frames`` split and join frames; ``ServerCore`` is a
 server connection's per-request path (``protocol.ServerConnection`` is built
-on it), ``MethodCore`` the fields of a method it reads (``protocol.Method``). ``IMPLEMENTATION`` says which were loaded: ``"cython"`` (the
-extensions ``fastrpc._framing`` and ``fastrpc._server_core``) or ``"python"``
-(their twins ``_framing_py`` and ``_server_core_py``), the latter when
+on it), ``MethodCore`` the fields of a method it reads (``protocol.Method``);
+``ClientCore`` is a client connection's per-call path (``protocol.ClientConnection``).
+``IMPLEMENTATION`` says which were loaded: ``"cython"`` (the extensions
+``fastrpc._framing``, ``fastrpc._server_core`` and ``fastrpc._client_core``) or
+``"python"`` (their twins ``_framing_py``, ``_server_core_py`` and ``_client_core_py``), the latter when
 ``FASTRPC_NO_EXTENSIONS`` is set or an extension is not built.
 ``FALLBACK_REASON`` says why the extensions could not be loaded when they
 were not asked to be left out (None otherwise): the server warns of it.
@@ -15,16 +17,18 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-__all__ = ["IMPLEMENTATION", "FALLBACK_REASON", "FrameReader", "MethodCore", "ServerCore", "pack_frames"]
+__all__ = ["IMPLEMENTATION", "FALLBACK_REASON", "ClientCore", "FrameReader", "MethodCore", "ServerCore", "pack_frames"]
 
 IMPLEMENTATION: str
 FALLBACK_REASON: Optional[str] = None
 
 if os.environ.get("FASTRPC_NO_EXTENSIONS", "").lower() in ("", "0", "false", "no"):
     try:
+        from ._client_core import ClientCore
         from ._framing import FrameReader, pack_frames
         from ._server_core import MethodCore, ServerCore
     except ImportError as exc:
+        from ._client_core_py import ClientCore
         from ._framing_py import FrameReader, pack_frames
         from ._server_core_py import MethodCore, ServerCore
 
@@ -33,6 +37,7 @@ if os.environ.get("FASTRPC_NO_EXTENSIONS", "").lower() in ("", "0", "false", "no
     else:
         IMPLEMENTATION = "cython"
 else:
+    from ._client_core_py import ClientCore
     from ._framing_py import FrameReader, pack_frames
     from ._server_core_py import MethodCore, ServerCore
 

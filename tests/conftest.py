@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterator, List
 import pytest
 
 import fastrpc
-from fastrpc import _framing_py, _server_core_py, framing, protocol
+from fastrpc import _client_core_py, _framing_py, _server_core_py, framing, protocol
 from fastrpc.server import BUILTIN_PREFIX, new_event_loop
 
 try:
@@ -53,6 +53,27 @@ def server_connection(name: str) -> type:
     """The ServerConnection that implementation ``name`` runs (the twin's where the compiled core is out)."""
     return SERVER_CONNECTIONS.get(name, SERVER_CONNECTIONS["python"])
 
+
+def _client_connection_on(core: type) -> type:
+    """``protocol.ClientConnection`` over ``core``: the chosen one, or the same paths over the other."""
+    if issubclass(protocol.ClientConnection, core):
+        return protocol.ClientConnection
+    return type("ClientConnection", (protocol._ClientRarerPaths, core), {"__doc__": protocol.ClientConnection.__doc__})
+
+
+#: The client connection of each implementation, its per-call path compiled or not (the compiled one
+#: only where the compiled set was chosen, as for the server's).
+CLIENT_CONNECTIONS = {"python": _client_connection_on(_client_core_py.ClientCore)}
+if _framing_c is not None and framing.IMPLEMENTATION == "cython":
+    from fastrpc import _client_core as _client_core_c
+
+    CLIENT_CONNECTIONS["cython"] = _client_connection_on(_client_core_c.ClientCore)
+
+
+def client_connection(name: str) -> type:
+    """The ClientConnection that implementation ``name`` runs (the twin's where the compiled core is out)."""
+    return CLIENT_CONNECTIONS.get(name, CLIENT_CONNECTIONS["python"])
+
 TEST_TIMEOUT = 30.0
 
 T = TypeVar("T")
@@ -61,14 +82,15 @@ T = TypeVar("T")
 #
 # Every module of the package that uses the framing imported FrameReader and pack_frames
 # from fastrpc.framing under its own names (protocol, server, loadgen, ...), and
-# ServerConnection (its per-request path compiled or not) from fastrpc.protocol, as test
-# modules do. To run a test under one implementation, each of those names is pointed at it,
+# ServerConnection and ClientConnection (their per-request and per-call paths compiled or
+# not) from fastrpc.protocol, as test modules do. To run a test under one implementation, each of those names is pointed at it,
 # wherever it is held: the modules are found by what they hold, not by a list, so a new
 # user of the framing is covered without being named here. Every module is imported first (a module imported
 # later, during a test, would keep the default); __main__ is left out, as importing it runs
 # the command line.
 
-_FRAMING_MODULES = {"fastrpc._framing", "fastrpc._framing_py", "fastrpc._server_core", "fastrpc._server_core_py"}  # the implementations
+_FRAMING_MODULES = {"fastrpc._framing", "fastrpc._framing_py", "fastrpc._server_core", "fastrpc._server_core_py",
+                    "fastrpc._client_core", "fastrpc._client_core_py"}  # the implementations
 for _info in pkgutil.walk_packages(fastrpc.__path__, "fastrpc."):
     if _info.name not in _FRAMING_MODULES and _info.name != "fastrpc.__main__":
         importlib.import_module(_info.name)
@@ -90,6 +112,8 @@ def use_framing(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
             replacement[id(getattr(module, attr))] = getattr(chosen, attr)
     for connection in SERVER_CONNECTIONS.values():
         replacement[id(connection)] = server_connection(name)
+    for connection in CLIENT_CONNECTIONS.values():
+        replacement[id(connection)] = client_connection(name)
     for module in framing_users():
         for attr, value in list(vars(module).items()):
             new = replacement.get(id(value))
