@@ -34,7 +34,7 @@ cdef object _JSONDecodeError = orjson.JSONDecodeError
 cdef object _ABSENT = ABSENT
 cdef enum:
     HEADER = 4
-    DIGITS = 24  # room for a 64-bit integer's digits and sign
+    DIGITS = 20  # room for a 64-bit integer's digits
     MAX_PREFIXES = 1024  # method names whose request prefix is kept (a bound for clients of many names)
 # Request parts as orjson writes them (no spaces): the bytes are the twin's, byte for byte.
 cdef bytes _IN = b'{"in":'
@@ -55,21 +55,15 @@ cdef inline char* put_bytes(char* p, bytes data) noexcept:
     return put(p, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
 
 
-cdef Py_ssize_t digits_of(char* out, long long value) noexcept:
-    """``value``'s decimal digits (``value`` is 0 or more) into ``out`` (DIGITS bytes); their count."""
-    cdef char reversed_digits[DIGITS]
-    cdef Py_ssize_t n = 0, i = 0
+cdef char* digits_before(char* end, long long value) noexcept:
+    """``value``'s decimal digits (``value`` is 0 or more), written backwards so that they end just
+    before ``end``: where they start."""
     while True:
-        reversed_digits[n] = <char>(c'0' + value % 10)
-        n += 1
+        end -= 1
+        end[0] = <char>(c'0' + value % 10)
         value //= 10
         if value == 0:
-            break
-    while n:
-        n -= 1
-        out[i] = reversed_digits[n]
-        i += 1
-    return i
+            return end
 
 
 cdef long long deadline_ms(object deadline) except -2:
@@ -136,7 +130,9 @@ cdef class ClientCore:
         cdef bytes encoded = None
         cdef char id_digits[DIGITS]
         cdef char ms_digits[DIGITS]
-        cdef Py_ssize_t id_size = 0, ms_size = 0, size
+        cdef char* id_start = NULL
+        cdef char* ms_start = NULL
+        cdef Py_ssize_t size
         cdef char* p
         self._last_key += 1
         key = self._last_key
@@ -156,20 +152,20 @@ cdef class ClientCore:
                     self._one[0] = None
                 size += PyBytes_GET_SIZE(_PARAMS) + PyBytes_GET_SIZE(encoded) - 2
             if self.ids:
-                id_size = digits_of(id_digits, self._last_key)
-                size += PyBytes_GET_SIZE(_ID) + id_size
+                id_start = digits_before(id_digits + DIGITS, self._last_key)
+                size += PyBytes_GET_SIZE(_ID) + (id_digits + DIGITS - id_start)
             if ms >= 0:
-                ms_size = digits_of(ms_digits, ms)
-                size += PyBytes_GET_SIZE(_DEADLINE) + ms_size
+                ms_start = digits_before(ms_digits + DIGITS, ms)
+                size += PyBytes_GET_SIZE(_DEADLINE) + (ms_digits + DIGITS - ms_start)
             if size > self._max_frame_size:
                 raise FrameTooLarge(size, self._max_frame_size)
             p = put_bytes(self._reserve(size), prefix)
             if encoded is not None:
                 p = put(put_bytes(p, _PARAMS), PyBytes_AS_STRING(encoded) + 1, PyBytes_GET_SIZE(encoded) - 2)
-            if id_size:
-                p = put(put_bytes(p, _ID), id_digits, id_size)
-            if ms_size:
-                p = put(put_bytes(p, _DEADLINE), ms_digits, ms_size)
+            if id_start is not NULL:
+                p = put(put_bytes(p, _ID), id_start, id_digits + DIGITS - id_start)
+            if ms_start is not NULL:
+                p = put(put_bytes(p, _DEADLINE), ms_start, ms_digits + DIGITS - ms_start)
             p[0] = c'}'
             self._used += HEADER + size
         PyDict_SetItem(self.waiters, key, waiter)

@@ -32,21 +32,27 @@ if _framing_c is not None:
     IMPLEMENTATIONS["cython"] = _framing_c
 
 
-def _server_connection_on(core: type) -> type:
-    """``protocol.ServerConnection`` over ``core``: the chosen one, or the same paths over the other."""
-    if issubclass(protocol.ServerConnection, core):
-        return protocol.ServerConnection
-    return type("ServerConnection", (protocol._RarerPaths, core), {"__doc__": protocol.ServerConnection.__doc__})
+def _connections(connection: type, rarer: type, twin: type, compiled: str) -> Dict[str, type]:
+    """``connection`` (``protocol.ServerConnection`` or ``ClientConnection``) of each implementation:
+    itself over the core it was built on, the same ``rarer`` paths over the other. The compiled core
+    (module ``compiled``) is there only where the compiled set was chosen: not under
+    FASTRPC_NO_EXTENSIONS=1, whose Methods are the twin's (the compiled server core reads their fields in C)."""
+    def on(core: type) -> type:
+        if issubclass(connection, core):
+            return connection
+        return type(connection.__name__, (rarer, core), {"__doc__": connection.__doc__})
+
+    found = {"python": on(twin)}
+    if _framing_c is not None and framing.IMPLEMENTATION == "cython":
+        found["cython"] = on(getattr(importlib.import_module(f"fastrpc.{compiled}"), twin.__name__))
+    return found
 
 
-#: The server connection of each implementation, its per-request path compiled or not. The compiled
-#: core reads protocol.Method's fields in C, so it is there only where the compiled set was chosen
-#: (not under FASTRPC_NO_EXTENSIONS=1, whose Methods are the twin's).
-SERVER_CONNECTIONS = {"python": _server_connection_on(_server_core_py.ServerCore)}
-if _framing_c is not None and framing.IMPLEMENTATION == "cython":
-    from fastrpc import _server_core as _server_core_c
-
-    SERVER_CONNECTIONS["cython"] = _server_connection_on(_server_core_c.ServerCore)
+#: The server connection of each implementation, its per-request path compiled or not.
+SERVER_CONNECTIONS = _connections(protocol.ServerConnection, protocol._RarerPaths, _server_core_py.ServerCore, "_server_core")
+#: The client connection of each implementation, its per-call path compiled or not.
+CLIENT_CONNECTIONS = _connections(protocol.ClientConnection, protocol._ClientRarerPaths, _client_core_py.ClientCore,
+                                  "_client_core")
 
 
 def server_connection(name: str) -> type:
@@ -54,25 +60,10 @@ def server_connection(name: str) -> type:
     return SERVER_CONNECTIONS.get(name, SERVER_CONNECTIONS["python"])
 
 
-def _client_connection_on(core: type) -> type:
-    """``protocol.ClientConnection`` over ``core``: the chosen one, or the same paths over the other."""
-    if issubclass(protocol.ClientConnection, core):
-        return protocol.ClientConnection
-    return type("ClientConnection", (protocol._ClientRarerPaths, core), {"__doc__": protocol.ClientConnection.__doc__})
-
-
-#: The client connection of each implementation, its per-call path compiled or not (the compiled one
-#: only where the compiled set was chosen, as for the server's).
-CLIENT_CONNECTIONS = {"python": _client_connection_on(_client_core_py.ClientCore)}
-if _framing_c is not None and framing.IMPLEMENTATION == "cython":
-    from fastrpc import _client_core as _client_core_c
-
-    CLIENT_CONNECTIONS["cython"] = _client_connection_on(_client_core_c.ClientCore)
-
-
 def client_connection(name: str) -> type:
     """The ClientConnection that implementation ``name`` runs (the twin's where the compiled core is out)."""
     return CLIENT_CONNECTIONS.get(name, CLIENT_CONNECTIONS["python"])
+
 
 TEST_TIMEOUT = 30.0
 
