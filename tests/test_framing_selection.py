@@ -53,11 +53,11 @@ def calls_into_the_python_framing() -> Iterator[Set[Call]]:
 
 
 def clients_calls(seen: Set[Call]) -> Set[Call]:
-    """``seen``, less the server core's own where the compiled core is out (FASTRPC_NO_EXTENSIONS=1:
-    its twin splits with the twin reader, called from the twin and from the event loop)."""
+    """``seen``, less the cores' own where the compiled cores are out (FASTRPC_NO_EXTENSIONS=1: their
+    twins split with the twin reader, called from the twins, the event loop and the clients' I/O)."""
     if "cython" in SERVER_CONNECTIONS:
         return seen
-    return {call for call in seen if call[1].startswith(("protocol.py:", "loadgen.py:", "client.py:", "sync_client.py:"))}
+    return {call for call in seen if call[1].startswith(("protocol.py:", "loadgen.py:"))}
 
 
 def selected(framing_impl: Any) -> str:
