@@ -1,5 +1,5 @@
 from collections import deque
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from ._framing import FrameReader
 
@@ -19,3 +19,7 @@ class ClientCore:
     def data_to_send(self) -> bytes: ...
     def receive_data(self, data: bytes) -> None: ...
     def buffer_updated(self, nbytes: int) -> None: ...
+
+TIMER_SLACK: float
+
+def join_group(group: Optional[List[Any]], key: int, method: str, stated: Optional[float], deadline: float) -> bool: ...

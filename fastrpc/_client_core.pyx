@@ -10,6 +10,7 @@ frame but the waiter's resolve. Anything rarer (metadata, odd deadlines, a metho
 not a str) is encoded by ``protocol.encode_request``, as the twin encodes everything.
 """
 
+cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItemWithError, PyDict_SetItem, PyDict_DelItem
 from cpython.long cimport PyLong_AsLongLongAndOverflow
@@ -26,7 +27,7 @@ from fastrpc._framing cimport FrameReader
 from fastrpc.absent import ABSENT
 from fastrpc.errors import FrameTooLarge
 
-__all__ = ["ClientCore"]
+__all__ = ["ClientCore", "TIMER_SLACK", "join_group"]
 
 cdef object _loads = orjson.loads
 cdef object _dumps = orjson.dumps
@@ -44,6 +45,8 @@ cdef bytes _DEADLINE = b',"deadline":'
 # Deadlines up to this many seconds are turned into milliseconds in C (exact as a double's and a
 # long long's arithmetic); longer ones, and any that is neither int nor float, the usual way.
 cdef double MAX_C_DEADLINE = 1e12
+cdef double SLACK = 0.001  # keep equal to _client_core_py.TIMER_SLACK
+TIMER_SLACK = SLACK
 
 
 cdef inline char* put(char* p, const char* data, Py_ssize_t n) noexcept:
@@ -279,3 +282,18 @@ cdef class ClientCore:
                 self._resolve(waiter, <object>item)
             else:
                 self._deliver(waiter, None, self._failure(reply))
+
+
+@cython.boundscheck(True)  # IndexError for a short list, as the twin raises
+def join_group(list group, long long key, method, stated, double deadline):
+    """Whether call ``key`` joins ``group``; see ``_client_core_py.join_group``."""
+    cdef double when
+    if group is None:
+        return False
+    when = group[0]
+    if <long long>group[2] != key - 1 or not (when <= deadline <= when + SLACK):
+        return False
+    if group[3] != method or group[4] != stated:
+        return False
+    group[2] = key
+    return True

@@ -3,7 +3,8 @@
 ``FrameReader`` and ``pack_frames`` split and join frames; ``ServerCore`` is a
 server connection's per-request path (``protocol.ServerConnection`` is built
 on it), ``MethodCore`` the fields of a method it reads (``protocol.Method``);
-``ClientCore`` is a client connection's per-call path (``protocol.ClientConnection``).
+``ClientCore`` is a client connection's per-call path (``protocol.ClientConnection``),
+``join_group`` the async client's test of a call's timeout group.
 ``IMPLEMENTATION`` says which were loaded: ``"cython"`` (the extensions
 ``fastrpc._framing``, ``fastrpc._server_core`` and ``fastrpc._client_core``) or
 ``"python"`` (their twins ``_framing_py``, ``_server_core_py`` and ``_client_core_py``), the latter when
@@ -17,18 +18,19 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-__all__ = ["IMPLEMENTATION", "FALLBACK_REASON", "ClientCore", "FrameReader", "MethodCore", "ServerCore", "pack_frames"]
+__all__ = ["IMPLEMENTATION", "FALLBACK_REASON", "ClientCore", "FrameReader", "MethodCore", "ServerCore", "TIMER_SLACK",
+           "join_group", "pack_frames"]
 
 IMPLEMENTATION: str
 FALLBACK_REASON: Optional[str] = None
 
 if os.environ.get("FASTRPC_NO_EXTENSIONS", "").lower() in ("", "0", "false", "no"):
     try:
-        from ._client_core import ClientCore
+        from ._client_core import ClientCore, TIMER_SLACK, join_group
         from ._framing import FrameReader, pack_frames
         from ._server_core import MethodCore, ServerCore
     except ImportError as exc:
-        from ._client_core_py import ClientCore
+        from ._client_core_py import ClientCore, TIMER_SLACK, join_group
         from ._framing_py import FrameReader, pack_frames
         from ._server_core_py import MethodCore, ServerCore
 
@@ -37,7 +39,7 @@ if os.environ.get("FASTRPC_NO_EXTENSIONS", "").lower() in ("", "0", "false", "no
     else:
         IMPLEMENTATION = "cython"
 else:
-    from ._client_core_py import ClientCore
+    from ._client_core_py import ClientCore, TIMER_SLACK, join_group
     from ._framing_py import FrameReader, pack_frames
     from ._server_core_py import MethodCore, ServerCore
 

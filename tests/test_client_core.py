@@ -18,9 +18,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fastrpc import _client_core_py
 from fastrpc.protocol import ABSENT
 
 from .conftest import CLIENT_CONNECTIONS
+
+if len(CLIENT_CONNECTIONS) > 1:
+    from fastrpc import _client_core
 
 pytestmark = pytest.mark.skipif(len(CLIENT_CONNECTIONS) < 2, reason="the compiled core is not in use (FASTRPC_NO_EXTENSIONS=1; or not built, which test_implementation fails)")
 
@@ -185,3 +189,39 @@ def test_both_cores_deliver_any_replies_alike(sent: List[bytes], cuts: List[int]
 def test_a_frame_over_the_limit_is_refused_alike() -> None:
     stream = frame(b'{"out":"pong","result":1,"id":1}') + struct.pack(">I", 1 << 30)
     assert receive("cython", stream, [], True, True) == receive("python", stream, [], True, True)
+
+
+# -- timeout groups -------------------------------------------------------------------------
+
+def test_both_cores_keep_one_timer_slack() -> None:
+    assert _client_core.TIMER_SLACK == _client_core_py.TIMER_SLACK
+
+
+def join(module: Any, group: Optional[List[Any]], key: int, method: Any, stated: Any, deadline: float) -> Any:
+    """Whether ``module``'s join_group joins call ``key`` to (a copy of) ``group``, and the group after."""
+    copy = None if group is None else list(group)
+    return module.join_group(copy, key, method, stated, deadline), copy
+
+
+groups = st.one_of(st.none(), st.tuples(st.floats(0, 100), st.integers(1, 5), st.integers(1, 5), st.sampled_from(["ping", "add"]),
+                                        st.sampled_from([None, 1, 0.5])).map(list))
+
+
+@settings(max_examples=300, deadline=None)
+@given(groups, st.integers(1, 7), st.sampled_from(["ping", "add"]), st.sampled_from([None, 1, 0.5, 1.0]),
+       st.one_of(st.floats(0, 100), st.sampled_from([0.0, 0.0005, 0.001, 0.0010000001, 50.0])))
+def test_both_cores_join_timeout_groups_alike(group: Optional[List[Any]], key: int, method: str, stated: Any,
+                                              deadline: float) -> None:
+    assert join(_client_core, group, key, method, stated, deadline) == join(_client_core_py, group, key, method, stated, deadline)
+
+
+def test_a_call_joins_the_group_just_before_it_within_the_slack() -> None:
+    for module in (_client_core, _client_core_py):
+        group = [10.0, 3, 4, "ping", 1]
+        assert module.join_group(group, 5, "ping", 1, 10.0 + module.TIMER_SLACK) and group[2] == 5
+        assert not module.join_group(group, 7, "ping", 1, 10.0)  # not the next key
+        assert not module.join_group(group, 6, "add", 1, 10.0)  # another method
+        assert not module.join_group(group, 6, "ping", 2, 10.0)  # another timeout
+        assert not module.join_group(group, 6, "ping", 1, 10.002)  # past the slack
+        assert not module.join_group(None, 6, "ping", 1, 10.0)
+        assert group == [10.0, 3, 5, "ping", 1]
