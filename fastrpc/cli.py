@@ -432,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     stubgen = commands.add_parser(
         "stubgen", help="write a Python module of typed clients (async and blocking) for a server's methods",
-        epilog=f"exit status as for describe; TARGET is a running server (HOST:PORT) or an app (MODULE:ATTR)",
+        epilog="exit status as for describe; TARGET is a running server (HOST:PORT) or an app (MODULE:ATTR)",
     )
     _discovery_arguments(stubgen)
     stubgen.add_argument("--name", default="Service", help="the classes are NAMEClient and NAMESyncClient (default Service)")
