@@ -877,9 +877,8 @@ def decode(value: Any, tp: Any, *, path: str = "value") -> Any:
 
 
 def encode_default(obj: Any) -> Any:
-    """orjson's ``default=`` for results it does not write itself: pydantic models, msgspec Structs, sets."""
-    if isinstance(obj, (set, frozenset)):
-        return list(obj)
+    """orjson's ``default=`` for results it does not write itself: pydantic models and msgspec Structs.
+    (Sets stay unencodable, as before: JSON has no set, and an order made up here would vary by run.)"""
     library = _library_of(type(obj))
     if library == "pydantic":
         return obj.model_dump(mode="json")
