@@ -148,9 +148,9 @@ def failure(method: Method, params: Any, exc: BaseException, debug: bool = False
         contract = method.contract
         if contract is None:  # a Method made outside registration: its signature is read once, here
             contract = method.contract = Contract(method.func, method.name, check=False)
-        reason = contract.bind_error(params)
-        if reason is not None:
-            return ErrorCode.INVALID_PARAMS, f"invalid params for {method.name!r}: {reason}", None
+        refusal = contract.refusal(params)
+        if refusal is not None:
+            return refusal.code, refusal.message, refusal.data
     data = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)) if debug else None
     return ErrorCode.INTERNAL_ERROR, f"internal error in {method.name!r}: {type(exc).__name__}", data
 

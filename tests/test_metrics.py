@@ -3,8 +3,8 @@ prometheus_client's parser and checked, number by number, against the calls made
 
 from __future__ import annotations
 
-import inspect
 import asyncio
+import inspect
 import json
 import os
 import signal
