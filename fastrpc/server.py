@@ -22,6 +22,7 @@ from . import framing
 from .framing import pack_frames, ping
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
 from .auth import TokenGate
+from .contracts import Contract
 from .metrics import (MeteredMethods, meter, MetricsBindError, ServerMetrics, server_snapshot, traffic,
                       write_snapshot)
 from .middleware import HookedMethods, Middleware
@@ -208,7 +209,9 @@ class Server:
             if method_name.startswith(BUILTIN_PREFIX):
                 raise ValueError(f"method names starting with {BUILTIN_PREFIX!r} are reserved for fastrpc's built-ins, "
                                  f"got {method_name!r}")
-            self.methods[method_name] = Method(method_name, handler, out, raw_params, metadata)
+            # The signature is read once, here: a typed handler is called through its generated checker.
+            contract = Contract(handler, method_name, check=not raw_params)
+            self.methods[method_name] = Method(method_name, contract.func, out, raw_params, metadata, contract)
             if self._metered is not None:
                 self._metered[method_name] = meter(self.methods[method_name], self.metrics.method(method_name))  # type: ignore[union-attr]
             return handler
