@@ -35,7 +35,10 @@ def document(methods: Mapping[str, Any], title: str = "fastrpc service") -> Dict
         if schema["summary"]:
             entry["summary"] = schema["summary"]
         if method.raw_params:
-            # The handler takes the params as one value: a client sends that value as the params.
+            # The handler takes the params as one value (None when there are none): a client sends
+            # that value as the params, or nothing.
+            value = schema["params"][0]["schema"] if schema["params"] else {}
+            entry["params"] = [{"name": "params", "required": False, "schema": value}]
             entry["x-raw-params"] = True
         described.append(entry)
     return {"openrpc": OPENRPC_VERSION, "info": {"title": title, "version": __version__}, "methods": described}
