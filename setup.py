@@ -1,4 +1,4 @@
-"""Builds fastrpc and its C extensions, fastrpc._framing, fastrpc._server_core and fastrpc._timing, from Cython source.
+"""Builds fastrpc and its C extensions, fastrpc._framing, fastrpc._server_core, fastrpc._client_core and fastrpc._timing, from Cython source.
 
 Build switches, read from the environment:
 
@@ -36,7 +36,7 @@ DEBUG = switched_on(DEBUG_SWITCH)
 
 COULD_NOT_BUILD = f"""
 ************************************************************************
-fastrpc: could not build its C extensions (fastrpc._framing, fastrpc._server_core, fastrpc._timing):
+fastrpc: could not build its C extensions (fastrpc._framing, fastrpc._server_core, fastrpc._client_core, fastrpc._timing):
     {{reason}}
 Building fastrpc from source needs a C compiler and the Python headers
 (pip fetches Cython itself). Install them and try again, or install the
@@ -99,7 +99,7 @@ def extensions() -> List[Extension]:
             [f"fastrpc/{name}.pyx"],
             define_macros=[("CYTHON_TRACE", "1")] if DEBUG else [],
         )
-        for name in ("_framing", "_server_core", "_timing")
+        for name in ("_framing", "_server_core", "_client_core", "_timing")
     ]
 
 

@@ -33,12 +33,29 @@ cdef extern from "Python.h":
 
 cdef extern from *:
     """
-    /* Whether n bytes of ASCII go into a JSON string as they are: no control character, no
-       quote (0x22), no backslash (0x5C). Blocks of 32 are tested without an early exit, which
-       compilers turn into vector code. */
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    #endif
     #define FASTRPC_ESCAPED(c) (((c) < 0x20) | ((c) == 0x22) | ((c) == 0x5C))
+
+    /* Whether n bytes of ASCII go into a JSON string as they are: no control character, no
+       quote (0x22), no backslash (0x5C). 64 bytes at a time with SSE2 where there is SSE2 (every
+       x86-64), else 32 at a time without an early exit, which compilers turn into vector code. */
     static int fastrpc_plain_ascii(const unsigned char *s, Py_ssize_t n) {
         Py_ssize_t i = 0;
+    #if defined(__SSE2__)
+        const __m128i quote = _mm_set1_epi8(0x22), backslash = _mm_set1_epi8(0x5C), space = _mm_set1_epi8(0x20);
+        for (; i + 64 <= n; i += 64) {
+            __m128i a = _mm_loadu_si128((const __m128i *)(s + i)), b = _mm_loadu_si128((const __m128i *)(s + i + 16)),
+                    c = _mm_loadu_si128((const __m128i *)(s + i + 32)), d = _mm_loadu_si128((const __m128i *)(s + i + 48));
+            /* Every byte is below 0x80 (ASCII): a signed compare finds the control characters. */
+            #define FASTRPC_HITS(v) _mm_or_si128(_mm_cmpgt_epi8(space, v), \\
+                                                 _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)))
+            if (_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(FASTRPC_HITS(a), FASTRPC_HITS(b)),
+                                               _mm_or_si128(FASTRPC_HITS(c), FASTRPC_HITS(d)))))
+                return 0;
+        }
+    #else
         for (; i + 32 <= n; i += 32) {
             unsigned char escaped = 0;
             for (int j = 0; j < 32; j++)
@@ -46,6 +63,7 @@ cdef extern from *:
             if (escaped)
                 return 0;
         }
+    #endif
         for (; i < n; i++)
             if (FASTRPC_ESCAPED(s[i]))
                 return 0;

@@ -32,6 +32,7 @@ from .endpoints import (
     parse_endpoints,
 )
 from .errors import CallTimeout, ConnectionClosed, FastRPCError, ShuttingDown
+from .framing import TIMER_SLACK, join_group
 from .hooks import ClientHook, Hooks, checked_meta
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
 from .net import address_text, connect_failed, set_nodelay
@@ -46,10 +47,6 @@ log = logging.getLogger("fastrpc.client")
 DEFAULT_MAX_PENDING = 10_000
 #: Times a call refused unrun by draining servers is sent again, beyond one try per endpoint.
 MAX_REFUSALS = 3
-#: Seconds within which calls made together (one after another, with one method and timeout) share a
-#: timer: it fires at the first one's time, the others' at most this early (a timer per call cost more
-#: than the rest of the call). Timers of loops are that coarse anyway (uvloop's: a millisecond).
-TIMER_SLACK = 0.001
 
 _get_running_loop = asyncio._get_running_loop
 
@@ -276,13 +273,8 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         call._link = self
         call._key = key
         call._again = None
-        if deadline is not None:
-            group = self._group
-            if (group is not None and group[2] == key - 1 and group[0] <= deadline <= group[0] + TIMER_SLACK
-                    and group[3] == method and group[4] == stated):
-                group[2] = key  # joins the group of the calls just before it
-            else:
-                self._start_group(key, method, stated, deadline)
+        if deadline is not None and not join_group(self._group, key, method, stated, deadline):
+            self._start_group(key, method, stated, deadline)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import contextvars
 import inspect
-import itertools
 import math
 import reprlib
 import traceback
-from collections import deque
-from typing import Any, Callable, Container, Deque, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Container, Dict, List, Mapping, Optional, Tuple, Union
 
 import orjson
 
@@ -33,7 +31,7 @@ from .errors import (
 )
 from .absent import ABSENT
 from .contracts import Contract, encode_default
-from .framing import FrameReader, MethodCore, ServerCore, pack_frames
+from .framing import ClientCore, MethodCore, ServerCore
 from .limits import DEFAULT_MAX_FRAME_SIZE, META_MAX_BYTES, META_MAX_ENTRIES, PROBE_LENGTH, PROBE_REPLY
 
 __all__ = [
@@ -454,183 +452,6 @@ class ServerConnection(_RarerPaths, ServerCore):
     """
 
 
-class ClientConnection:
-    """One client-side connection's protocol state.
-
-    ``request`` encodes a call and remembers its ``waiter`` (any object the
-    I/O layer uses to hand the outcome back: a future, a slot). Received
-    bytes are decoded and each outcome is passed to ``deliver(waiter,
-    result, error)`` with exactly one of ``result``/``error`` meaningful,
-    or a success to ``resolve(waiter, result)`` if that is given.
-
-    With ``ids=False`` requests carry no id and responses are matched by
-    order, for servers that ignore ids (the ordered mode).
-    """
-
-    def __init__(
-        self,
-        deliver: Callable[[Any, Any, Optional[BaseException]], None],
-        *,
-        resolve: Optional[Callable[[Any, Any], None]] = None,
-        ids: bool = True,
-        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-        on_drain: Optional[Callable[[str], None]] = None,
-    ) -> None:
-        self._deliver = deliver
-        # A success goes to resolve(waiter, result) when given: the async client's is Future.set_result,
-        # so that a reply costs no Python frame beyond the read loop's.
-        self._resolve = resolve if resolve is not None else lambda waiter, result: deliver(waiter, result, None)
-        self.on_drain = on_drain  # called with the reason of a drain notice
-        self.ids = ids
-        self._reader = FrameReader(max_frame_size)
-        self.get_buffer = self._reader.get_buffer
-        self._max_frame_size = max_frame_size
-        self._next_key = itertools.count(1).__next__
-        #: The waiters of the calls pending, by key: the I/O layer reads it (its length is ``pending``,
-        #: without a property's call), never changes it.
-        self.waiters: Dict[int, Any] = {}
-        self._order: Deque[int] = deque()  # keys of id-less requests, oldest first
-        self._out: List[bytes] = []
-        #: An error frame the server sent with no request to match (for
-        #: example just before it closed the connection).
-        self.connection_error: Optional[RemoteError] = None
-        #: Why the server asked for no new calls here (its drain notice's reason), or None.
-        self.draining: Optional[str] = None
-
-    @property
-    def pending(self) -> int:
-        """Calls sent and not yet answered (or forgotten)."""
-        return len(self.waiters)
-
-    def request(self, method: str, params: Any, waiter: Any, deadline: Optional[float] = None,
-                meta: Optional[Mapping[str, str]] = None) -> int:
-        """Queue a call; returns its key for ``forget``. ``deadline`` (seconds)
-        tells the server when to give up on it; ``meta`` is its metadata.
-
-        Raises FrameTooLarge (nothing queued) if the request does not fit
-        the maximum frame size; ValueError if ``meta`` is not valid metadata.
-        """
-        key = self._next_key()
-        body = encode_request(method, params, key if self.ids else None, deadline, meta)
-        if len(body) > self._max_frame_size:
-            raise FrameTooLarge(len(body), self._max_frame_size)
-        self._out.append(body)
-        self.waiters[key] = waiter
-        if not self.ids:
-            self._order.append(key)
-        return key
-
-    def ask_for_notices(self) -> None:
-        """Queue the ``rpc.notices`` request (with ids only: a notice has none). Its reply is dropped, as
-        is the error of a server that sends no notices; a drain notice then sets ``draining`` and
-        calls ``on_drain(reason)``."""
-        if self.ids:
-            self._out.append(encode_request(NOTICES_METHOD, ABSENT, self._next_key()))
-
-    def forget(self, key: int, *, cancel: bool = True) -> None:
-        """Stop waiting for ``key`` (timed out, cancelled): its late reply is
-        dropped and, if it was still pending, a cancel frame is queued for the
-        server (with ids; an id-less call cannot be named)."""
-        if self.waiters.pop(key, None) is not None and cancel and self.ids:
-            self._out.append(b'{"cancel":%d}' % key)
-
-    def forget_range(self, first: int, last: int) -> List[Any]:
-        """``forget`` the calls keyed ``first`` to ``last`` (both included) that are still pending (their
-        time ran out); returns their waiters."""
-        if not self.any_pending(first, last):  # the common case, tested in C
-            return []
-        waiters = []
-        for key in range(first, last + 1):
-            waiter = self.waiters.get(key)
-            if waiter is not None:
-                self.forget(key)
-                waiters.append(waiter)
-        return waiters
-
-    def any_pending(self, first: int, last: int) -> bool:
-        """Whether a call keyed ``first`` to ``last`` is still pending."""
-        return not self.waiters.keys().isdisjoint(range(first, last + 1))
-
-    def data_to_send(self) -> bytes:
-        """Every queued request, framed, as one bytes."""
-        out = self._out
-        if not out:
-            return b""
-        self._out = []
-        return pack_frames(out)
-
-    def receive_data(self, data: bytes) -> None:
-        """Take bytes from the server and deliver every complete response."""
-        self._reader.feed(data)
-        self.buffer_updated(0)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        """``nbytes`` were read into the last ``get_buffer`` view: deliver every complete response.
-
-        Raises ProtocolError (FrameTooLarge among them) when the server
-        breaks the protocol; the connection is then unusable.
-        """
-        reader = self._reader
-        reader.buffer_updated(nbytes)
-        next_frame = reader.next_frame
-        resolve = self._resolve
-        # The client's hot path, one pass per reply: read_reply's steps inline (a call and a tuple per
-        # reply cost 10 %), then a dict pop and the waiter's resolve.
-        while True:
-            body = next_frame()
-            if body is None:
-                return
-            try:
-                reply = _loads(body)
-                rid = reply.get("id")  # AttributeError: not an object
-            except (_JSONDecodeError, AttributeError):
-                raise _not_a_reply(body) from None
-            if rid is None:
-                if not self._order:
-                    self._unmatched(reply)
-                    continue
-                rid = self._order.popleft()
-            waiter = self.waiters.pop(rid, None)
-            if waiter is None:
-                continue
-            if "result" in reply and reply.get("out") != "error":  # a success, by read_reply's rule
-                resolve(waiter, reply["result"])
-            else:
-                self._deliver(waiter, None, _failure(reply))
-
-    def _unmatched(self, reply: Dict[str, Any]) -> None:
-        if "notice" in reply and "out" not in reply:  # a kind not known here is ignored (section 11)
-            if reply["notice"] == "drain" and self.draining is None:
-                reason = reply.get("reason")
-                self.draining = reason if type(reason) is str else "unknown"
-                if self.on_drain is not None:
-                    self.on_drain(self.draining)
-            return
-        error = _failure(reply)
-        if isinstance(error, RemoteError):
-            self.connection_error = error
-        elif self.ids:
-            raise ProtocolError("server sent a response without an id; is it an id-less server? use ids=False")
-        else:
-            raise ProtocolError("server sent a response with no request waiting for it")
-
-    def close(self, cause: Optional[BaseException] = None) -> None:
-        """The connection is gone: fail every pending call at once."""
-        pending = self.waiters.copy()  # the same dict stays: the I/O layer holds it
-        self.waiters.clear()
-        self._order.clear()
-        known = self.connection_error
-        reason = "connection closed" + (f": {cause}" if cause else "")
-        for waiter in pending.values():
-            # A fresh exception each: one instance raised in many tasks would
-            # collect all their tracebacks.
-            if known is not None:
-                error: BaseException = remote_error(known.code, known.message, known.data)
-            else:
-                error = ConnectionClosed(reason)
-            self._deliver(waiter, None, error)
-
-
 _ceil = math.ceil
 
 
@@ -684,7 +505,7 @@ def read_reply(body: Union[bytes, memoryview]) -> Tuple[Dict[str, Any], Any, Opt
         reply = None
     if type(reply) is not dict:
         raise _not_a_reply(body)
-    if "result" in reply and reply.get("out") != "error":  # ClientConnection.buffer_updated tests this inline
+    if "result" in reply and reply.get("out") != "error":  # ClientCore.buffer_updated tests this inline
         return reply, reply["result"], None
     return reply, None, _failure(reply)
 
@@ -705,3 +526,125 @@ def _not_a_reply(body: Union[bytes, memoryview]) -> ProtocolError:
     except _JSONDecodeError as exc:
         return ProtocolError(f"server sent a frame that is not JSON: {exc}")
     return ProtocolError("server sent a response that is not a JSON object")
+
+
+class _ClientRarerPaths:
+    """What ``ClientConnection`` adds to its ``ClientCore``: set-up and everything rarer than a call
+    and its reply, some of which the core calls on itself. A class of its own so that the same
+    paths go on top of either core (the tests build the one not chosen, to run both)."""
+
+    def __init__(
+        self,
+        deliver: Callable[[Any, Any, Optional[BaseException]], None],
+        *,
+        resolve: Optional[Callable[[Any, Any], None]] = None,
+        ids: bool = True,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        on_drain: Optional[Callable[[str], None]] = None,
+    ) -> None:
+        super().__init__(max_frame_size, ids)  # type: ignore[call-arg]
+        self._deliver = deliver
+        # A success goes to resolve(waiter, result) when given: the async client's is Future.set_result,
+        # so that a reply costs no Python frame beyond the read loop's.
+        self._resolve = resolve if resolve is not None else lambda waiter, result: deliver(waiter, result, None)
+        self.on_drain = on_drain  # called with the reason of a drain notice
+        self.get_buffer = self._reader.get_buffer  # type: ignore[attr-defined]
+        #: An error frame the server sent with no request to match (for
+        #: example just before it closed the connection).
+        self.connection_error: Optional[RemoteError] = None
+        #: Why the server asked for no new calls here (its drain notice's reason), or None.
+        self.draining: Optional[str] = None
+
+    @property
+    def pending(self) -> int:
+        """Calls sent and not yet answered (or forgotten)."""
+        return len(self.waiters)  # type: ignore[attr-defined]
+
+    def ask_for_notices(self) -> None:
+        """Queue the ``rpc.notices`` request (with ids only: a notice has none). Its reply is dropped, as
+        is the error of a server that sends no notices; a drain notice then sets ``draining`` and
+        calls ``on_drain(reason)``."""
+        if self.ids:
+            self._queue(encode_request(NOTICES_METHOD, ABSENT, self._next_key()))  # type: ignore[attr-defined]
+
+    def forget(self, key: int, *, cancel: bool = True) -> None:
+        """Stop waiting for ``key`` (timed out, cancelled): its late reply is
+        dropped and, if it was still pending, a cancel frame is queued for the
+        server (with ids; an id-less call cannot be named)."""
+        if self.waiters.pop(key, None) is not None and cancel and self.ids:
+            self._queue(b'{"cancel":%d}' % key)  # type: ignore[attr-defined]
+
+    def forget_range(self, first: int, last: int) -> List[Any]:
+        """``forget`` the calls keyed ``first`` to ``last`` (both included) that are still pending (their
+        time ran out); returns their waiters."""
+        if not self.any_pending(first, last):  # the common case, tested in C
+            return []
+        waiters = []
+        for key in range(first, last + 1):
+            waiter = self.waiters.get(key)
+            if waiter is not None:
+                self.forget(key)
+                waiters.append(waiter)
+        return waiters
+
+    def any_pending(self, first: int, last: int) -> bool:
+        """Whether a call keyed ``first`` to ``last`` is still pending."""
+        return not self.waiters.keys().isdisjoint(range(first, last + 1))
+
+    # -- what the core leaves to this class ------------------------------------
+
+    _encode = staticmethod(encode_request)
+    _failure = staticmethod(_failure)
+    _not_a_reply = staticmethod(_not_a_reply)
+
+    def _unmatched(self, reply: Dict[str, Any]) -> None:
+        """A reply no pending call waits for by id: a notice, or an error for the whole connection."""
+        if "notice" in reply and "out" not in reply:  # a kind not known here is ignored (section 11)
+            if reply["notice"] == "drain" and self.draining is None:
+                reason = reply.get("reason")
+                self.draining = reason if type(reason) is str else "unknown"
+                if self.on_drain is not None:
+                    self.on_drain(self.draining)
+            return
+        error = _failure(reply)
+        if isinstance(error, RemoteError):
+            self.connection_error = error
+        elif self.ids:
+            raise ProtocolError("server sent a response without an id; is it an id-less server? use ids=False")
+        else:
+            raise ProtocolError("server sent a response with no request waiting for it")
+
+    def close(self, cause: Optional[BaseException] = None) -> None:
+        """The connection is gone: fail every pending call at once."""
+        pending = self.waiters.copy()  # the same dict stays: the I/O layer holds it
+        self.waiters.clear()
+        self._order.clear()
+        known = self.connection_error
+        reason = "connection closed" + (f": {cause}" if cause else "")
+        for waiter in pending.values():
+            # A fresh exception each: one instance raised in many tasks would
+            # collect all their tracebacks.
+            if known is not None:
+                error: BaseException = remote_error(known.code, known.message, known.data)
+            else:
+                error = ConnectionClosed(reason)
+            self._deliver(waiter, None, error)
+
+
+class ClientConnection(_ClientRarerPaths, ClientCore):
+    """One client-side connection's protocol state.
+
+    ``request`` encodes a call and remembers its ``waiter`` (any object the
+    I/O layer uses to hand the outcome back: a future, a slot). Received
+    bytes are decoded and each outcome is passed to ``deliver(waiter,
+    result, error)`` with exactly one of ``result``/``error`` meaningful,
+    or a success to ``resolve(waiter, result)`` if that is given.
+
+    With ``ids=False`` requests carry no id and responses are matched by
+    order, for servers that ignore ids (the ordered mode).
+
+    The per-call path is ``ClientCore`` (compiled, ``fastrpc._client_core``, or its twin):
+    ``request``, ``data_to_send``, ``receive_data`` and ``buffer_updated``, which raises
+    ProtocolError (FrameTooLarge among them) when the server breaks the protocol (the
+    connection is then unusable); this class adds what is rarer.
+    """

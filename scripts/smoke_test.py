@@ -79,20 +79,23 @@ def check_install(expected: str) -> None:
         raise SmokeFailure(f"fastrpc was imported from a source tree ({package}), not from an installed build")
     if framing.IMPLEMENTATION != expected:
         raise SmokeFailure(f"framing implementation is {framing.IMPLEMENTATION!r}, expected {expected!r}")
-    for name in ("py.typed", "_framing.pyi", "_server_core.pyi", "_timing.pyi"):
+    for name in ("py.typed", "_framing.pyi", "_server_core.pyi", "_client_core.pyi", "_timing.pyi"):
         if not (package / name).is_file():
             raise SmokeFailure(f"{name} is missing from the installed package")
     sources = sorted(p.name for p in package.iterdir() if p.suffix in (".pyx", ".pxd", ".c", ".html"))
     if sources:
         raise SmokeFailure(f"the installed package carries build sources: {sources}")
     if expected == "cython":
-        from fastrpc import _framing, _server_core, _timing, metrics, protocol
+        from fastrpc import _client_core, _framing, _server_core, _timing, metrics, protocol
 
         if metrics.Timed is not _timing.Timed:
             raise SmokeFailure("the metrics do not time handlers with the compiled timer")
         if not issubclass(protocol.ServerConnection, _server_core.ServerCore):
             raise SmokeFailure("the server does not run the compiled request path")
-        for extension in (Path(_framing.__file__), Path(_server_core.__file__), Path(_timing.__file__)):
+        if not issubclass(protocol.ClientConnection, _client_core.ClientCore):
+            raise SmokeFailure("the clients do not run the compiled call path")
+        for extension in (Path(_framing.__file__), Path(_server_core.__file__), Path(_client_core.__file__),
+                          Path(_timing.__file__)):
             sections = elf_section_names(extension)
             debug = [name for name in sections or [] if name.startswith((".debug", ".zdebug"))]
             if debug:

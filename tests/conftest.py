@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterator, List
 import pytest
 
 import fastrpc
-from fastrpc import _framing_py, _server_core_py, framing, protocol
+from fastrpc import _client_core_py, _framing_py, _server_core_py, framing, protocol
 from fastrpc.server import BUILTIN_PREFIX, new_event_loop
 
 try:
@@ -32,26 +32,38 @@ if _framing_c is not None:
     IMPLEMENTATIONS["cython"] = _framing_c
 
 
-def _server_connection_on(core: type) -> type:
-    """``protocol.ServerConnection`` over ``core``: the chosen one, or the same paths over the other."""
-    if issubclass(protocol.ServerConnection, core):
-        return protocol.ServerConnection
-    return type("ServerConnection", (protocol._RarerPaths, core), {"__doc__": protocol.ServerConnection.__doc__})
+def _connections(connection: type, rarer: type, twin: type, compiled: str) -> Dict[str, type]:
+    """``connection`` (``protocol.ServerConnection`` or ``ClientConnection``) of each implementation:
+    itself over the core it was built on, the same ``rarer`` paths over the other. The compiled core
+    (module ``compiled``) is there only where the compiled set was chosen: not under
+    FASTRPC_NO_EXTENSIONS=1, whose Methods are the twin's (the compiled server core reads their fields in C)."""
+    def on(core: type) -> type:
+        if issubclass(connection, core):
+            return connection
+        return type(connection.__name__, (rarer, core), {"__doc__": connection.__doc__})
+
+    found = {"python": on(twin)}
+    if _framing_c is not None and framing.IMPLEMENTATION == "cython":
+        found["cython"] = on(getattr(importlib.import_module(f"fastrpc.{compiled}"), twin.__name__))
+    return found
 
 
-#: The server connection of each implementation, its per-request path compiled or not. The compiled
-#: core reads protocol.Method's fields in C, so it is there only where the compiled set was chosen
-#: (not under FASTRPC_NO_EXTENSIONS=1, whose Methods are the twin's).
-SERVER_CONNECTIONS = {"python": _server_connection_on(_server_core_py.ServerCore)}
-if _framing_c is not None and framing.IMPLEMENTATION == "cython":
-    from fastrpc import _server_core as _server_core_c
-
-    SERVER_CONNECTIONS["cython"] = _server_connection_on(_server_core_c.ServerCore)
+#: The server connection of each implementation, its per-request path compiled or not.
+SERVER_CONNECTIONS = _connections(protocol.ServerConnection, protocol._RarerPaths, _server_core_py.ServerCore, "_server_core")
+#: The client connection of each implementation, its per-call path compiled or not.
+CLIENT_CONNECTIONS = _connections(protocol.ClientConnection, protocol._ClientRarerPaths, _client_core_py.ClientCore,
+                                  "_client_core")
 
 
 def server_connection(name: str) -> type:
     """The ServerConnection that implementation ``name`` runs (the twin's where the compiled core is out)."""
     return SERVER_CONNECTIONS.get(name, SERVER_CONNECTIONS["python"])
+
+
+def client_connection(name: str) -> type:
+    """The ClientConnection that implementation ``name`` runs (the twin's where the compiled core is out)."""
+    return CLIENT_CONNECTIONS.get(name, CLIENT_CONNECTIONS["python"])
+
 
 TEST_TIMEOUT = 30.0
 
@@ -61,14 +73,15 @@ T = TypeVar("T")
 #
 # Every module of the package that uses the framing imported FrameReader and pack_frames
 # from fastrpc.framing under its own names (protocol, server, loadgen, ...), and
-# ServerConnection (its per-request path compiled or not) from fastrpc.protocol, as test
-# modules do. To run a test under one implementation, each of those names is pointed at it,
+# ServerConnection and ClientConnection (their per-request and per-call paths compiled or
+# not) from fastrpc.protocol, as test modules do. To run a test under one implementation, each of those names is pointed at it,
 # wherever it is held: the modules are found by what they hold, not by a list, so a new
 # user of the framing is covered without being named here. Every module is imported first (a module imported
 # later, during a test, would keep the default); __main__ is left out, as importing it runs
 # the command line.
 
-_FRAMING_MODULES = {"fastrpc._framing", "fastrpc._framing_py", "fastrpc._server_core", "fastrpc._server_core_py"}  # the implementations
+_FRAMING_MODULES = {"fastrpc._framing", "fastrpc._framing_py", "fastrpc._server_core", "fastrpc._server_core_py",
+                    "fastrpc._client_core", "fastrpc._client_core_py"}  # the implementations
 for _info in pkgutil.walk_packages(fastrpc.__path__, "fastrpc."):
     if _info.name not in _FRAMING_MODULES and _info.name != "fastrpc.__main__":
         importlib.import_module(_info.name)
@@ -90,6 +103,8 @@ def use_framing(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
             replacement[id(getattr(module, attr))] = getattr(chosen, attr)
     for connection in SERVER_CONNECTIONS.values():
         replacement[id(connection)] = server_connection(name)
+    for connection in CLIENT_CONNECTIONS.values():
+        replacement[id(connection)] = client_connection(name)
     for module in framing_users():
         for attr, value in list(vars(module).items()):
             new = replacement.get(id(value))

@@ -20,7 +20,8 @@ import fastrpc
 from fastrpc import _framing_py, framing
 from fastrpc.loadgen import run_load
 
-from .conftest import IMPLEMENTATIONS, SERVER_CONNECTIONS, RawConnection, server_connection, demo_server, framing_users, serving, within
+from .conftest import (CLIENT_CONNECTIONS, IMPLEMENTATIONS, SERVER_CONNECTIONS, RawConnection, client_connection, demo_server,
+                       framing_users, server_connection, serving, within)
 
 STEP = 10.0
 
@@ -52,11 +53,11 @@ def calls_into_the_python_framing() -> Iterator[Set[Call]]:
 
 
 def clients_calls(seen: Set[Call]) -> Set[Call]:
-    """``seen``, less the server core's own where the compiled core is out (FASTRPC_NO_EXTENSIONS=1:
-    its twin splits with the twin reader, called from the twin and from the event loop)."""
+    """``seen``, less the cores' own where the compiled cores are out (FASTRPC_NO_EXTENSIONS=1: their
+    twins split with the twin reader, called from the twins, the event loop and the clients' I/O)."""
     if "cython" in SERVER_CONNECTIONS:
         return seen
-    return {call for call in seen if call[1].startswith(("protocol.py:", "loadgen.py:", "client.py:", "sync_client.py:"))}
+    return {call for call in seen if call[1].startswith(("protocol.py:", "loadgen.py:"))}
 
 
 def selected(framing_impl: Any) -> str:
@@ -68,6 +69,7 @@ def test_no_module_keeps_the_other_framing(framing_impl: Any) -> None:
     others = {id(getattr(module, attr)) for module in IMPLEMENTATIONS.values() if module is not framing_impl
               for attr in ("FrameReader", "pack_frames")}
     others |= {id(connection) for connection in SERVER_CONNECTIONS.values() if connection is not server_connection(name)}
+    others |= {id(connection) for connection in CLIENT_CONNECTIONS.values() if connection is not client_connection(name)}
     kept = [f"{module.__name__}.{attr}" for module in framing_users()
             for attr, value in vars(module).items() if id(value) in others]
     assert not kept, f"still on the other framing under {selected(framing_impl)!r}: {kept}"
@@ -97,8 +99,9 @@ def test_server_and_client_run_the_selected_framing(run: Any, framing_impl: Any)
     for expected in ("_server_core_py.py:ServerConnection.__init__",  # the server's reader is made...
                      "_server_core_py.py:ServerConnection.buffer_updated",  # ...and splits the requests
                      "_server_core_py.py:ServerConnection.data_to_send",  # replies are packed
-                     "protocol.py:ClientConnection.__init__",  # the client's side too
-                     "protocol.py:ClientConnection.buffer_updated"):
+                     "_client_core_py.py:ClientConnection.__init__",  # the client's side too
+                     "_client_core_py.py:ClientConnection.buffer_updated",
+                     "_client_core_py.py:ClientConnection.data_to_send"):
         assert expected in callers, f"{expected} did not run the pure-Python framing: {sorted(seen)}"
     assert any(func == "pack_frames" and caller.startswith("server.py:") for func, caller in seen), (
         f"the server's hang-up frame was not packed by the pure-Python framing: {sorted(seen)}")

@@ -32,7 +32,7 @@ PURE_SWITCH = "FASTRPC_PURE_PYTHON"
 SDIST_FILES = {
     "setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "LICENSE", "scripts/smoke_test.py",
     "fastrpc/_framing.pyx", "fastrpc/_framing.pxd", "fastrpc/_framing.pyi", "fastrpc/_server_core.pyx", "fastrpc/_server_core.pyi",
-    "fastrpc/_timing.pyx", "fastrpc/_timing.pyi", "fastrpc/py.typed",
+    "fastrpc/_client_core.pyx", "fastrpc/_client_core.pyi", "fastrpc/_timing.pyx", "fastrpc/_timing.pyi", "fastrpc/py.typed",
 }
 SDIST_METADATA = {"PKG-INFO", "setup.cfg"}
 
@@ -101,8 +101,8 @@ def test_wheel_holds_the_extension_and_typing_files_not_sources(dists: Dict[str,
     with zipfile.ZipFile(wheel) as archive:
         names: Set[str] = set(archive.namelist())
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
-    assert {f"fastrpc/_framing{suffix}", f"fastrpc/_timing{suffix}"} <= names
-    assert {"fastrpc/py.typed", "fastrpc/_framing.pyi", "fastrpc/_timing.pyi"} <= names
+    assert {f"fastrpc/_framing{suffix}", f"fastrpc/_client_core{suffix}", f"fastrpc/_timing{suffix}"} <= names
+    assert {"fastrpc/py.typed", "fastrpc/_framing.pyi", "fastrpc/_client_core.pyi", "fastrpc/_timing.pyi"} <= names
     assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
     assert [name for name in names if name.endswith((".pyx", ".c", ".html"))] == []
 
@@ -130,7 +130,7 @@ def test_without_a_compiler_the_build_fails_loudly_or_goes_pure_when_asked(sourc
     failed = run([str(python), "-m", "pip", "install", str(source)], env=no_compiler)
     assert failed.returncode != 0
     output = failed.stdout + failed.stderr
-    assert "could not build its C extensions (fastrpc._framing, fastrpc._server_core, fastrpc._timing)" in output
+    assert "could not build its C extensions (fastrpc._framing, fastrpc._server_core, fastrpc._client_core, fastrpc._timing)" in output
     assert f"{PURE_SWITCH}=1 pip install" in output
     assert run([str(python), "-c", "import fastrpc"]).returncode != 0, "a failed build installed something"
 

@@ -1,0 +1,135 @@
+"""Pure-Python twin of ``fastrpc._client_core``: a client connection's per-call path.
+
+Used where the extensions are not built or ``FASTRPC_NO_EXTENSIONS=1`` is set. The compiled
+``ClientCore`` keeps to this one's behaviour: the same request bytes, call for call, and the
+same outcomes, reply for reply (tests/test_client_core.py compares them). It differs only in
+how it writes requests: straight into one framed buffer rather than as bodies joined by
+``pack_frames``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from typing import Any, Deque, Dict, List, Mapping, Optional
+
+import orjson
+
+from ._framing_py import FrameReader, pack_frames
+from .errors import FrameTooLarge
+
+__all__ = ["ClientCore", "TIMER_SLACK", "join_group"]
+
+_loads = orjson.loads
+_JSONDecodeError = orjson.JSONDecodeError
+
+#: Seconds within which the async client's calls made together (one after another, with one method and
+#: timeout) share a timer: it fires at the first one's time, the others' at most this early (a timer per
+#: call cost more than the rest of the call). Timers of loops are that coarse anyway (uvloop's: a millisecond).
+TIMER_SLACK = 0.001  # keep equal to _client_core's
+
+
+class ClientCore:
+    """Calls out as request frames, reply frames in as outcomes: what every call of a connection runs.
+
+    ``protocol.ClientConnection`` is built on it and supplies the rest, which the core calls on
+    itself: ``_encode(method, params, rid, deadline, meta)`` (``protocol.encode_request``),
+    ``_unmatched(reply)`` (a reply no pending call waits for by id: a notice, a connection
+    error), ``_failure(reply)`` (what a reply that is not a success fails its call with) and
+    ``_not_a_reply(body)`` (the error for a frame that is not a JSON object). It sets
+    ``_deliver(waiter, result, error)`` and ``_resolve(waiter, result)``, which the core hands
+    outcomes to: a success to ``_resolve``, a failure to ``_deliver``.
+    """
+
+    def __init__(self, max_frame_size: int, ids: bool) -> None:
+        self._reader = FrameReader(max_frame_size)
+        self._max_frame_size = self._reader.max_frame_size
+        self.ids = ids
+        self._next_key = itertools.count(1).__next__
+        #: The waiters of the calls pending, by key: the I/O layer reads it (its length is the count
+        #: of calls pending, without a property's call), never changes it.
+        self.waiters: Dict[int, Any] = {}
+        self._order: Deque[int] = deque()  # keys of id-less requests, oldest first
+        self._out: List[bytes] = []
+        self._deliver: Any = None
+        self._resolve: Any = None
+
+    def request(self, method: str, params: Any, waiter: Any, deadline: Optional[float] = None,
+                meta: Optional[Mapping[str, str]] = None) -> int:
+        """Queue a call; returns its key for ``forget``. ``deadline`` (seconds) tells the server when
+        to give up on it; ``meta`` is its metadata.
+
+        Raises FrameTooLarge (nothing queued) if the request does not fit the maximum frame size;
+        ValueError if ``meta`` is not valid metadata. The key is used up either way.
+        """
+        key = self._next_key()
+        body = self._encode(method, params, key if self.ids else None, deadline, meta)  # type: ignore[attr-defined]
+        if len(body) > self._max_frame_size:
+            raise FrameTooLarge(len(body), self._max_frame_size)
+        self._out.append(body)
+        self.waiters[key] = waiter
+        if not self.ids:
+            self._order.append(key)
+        return key
+
+    def _queue(self, body: bytes) -> None:
+        """Queue a frame that is not a call (a cancel, the notices request)."""
+        self._out.append(body)
+
+    def data_to_send(self) -> bytes:
+        """Every queued request, framed, as one bytes."""
+        out = self._out
+        if not out:
+            return b""
+        self._out = []
+        return pack_frames(out)
+
+    def receive_data(self, data: bytes) -> None:
+        """Take bytes from the server and deliver every complete response."""
+        self._reader.feed(data)
+        self.buffer_updated(0)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were read into the last ``get_buffer`` view: deliver every complete response."""
+        reader = self._reader
+        reader.buffer_updated(nbytes)
+        next_frame = reader.next_frame
+        resolve = self._resolve
+        # One pass per reply: protocol.read_reply's steps inline (a call and a tuple per reply
+        # cost 10 %), then a dict pop and the waiter's resolve.
+        while True:
+            body = next_frame()
+            if body is None:
+                return
+            try:
+                reply = _loads(body)
+            except _JSONDecodeError:
+                reply = None
+            if type(reply) is not dict:
+                raise self._not_a_reply(body)  # type: ignore[attr-defined]
+            rid = reply.get("id")
+            if rid is None:
+                if not self._order:
+                    self._unmatched(reply)  # type: ignore[attr-defined]
+                    continue
+                rid = self._order.popleft()
+            waiter = self.waiters.pop(rid, None)
+            if waiter is None:
+                continue
+            if "result" in reply and reply.get("out") != "error":  # a success, by read_reply's rule
+                resolve(waiter, reply["result"])
+            else:
+                self._deliver(waiter, None, self._failure(reply))  # type: ignore[attr-defined]
+
+
+
+def join_group(group: Optional[List[Any]], key: int, method: str, stated: Optional[float], deadline: float) -> bool:
+    """Whether call ``key``, due at ``deadline``, joins ``group`` (the async client's timeout group of the
+    calls just before it, [when, first key, last key, method, stated timeout], or None): it does if it
+    is the next key, with the same method and stated timeout, due within TIMER_SLACK after the group;
+    the group then ends with it. Compiled, a call's test costs no Python frame."""
+    if (group is not None and group[2] == key - 1 and group[0] <= deadline <= group[0] + TIMER_SLACK
+            and group[3] == method and group[4] == stated):
+        group[2] = key
+        return True
+    return False
