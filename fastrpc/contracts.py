@@ -832,9 +832,11 @@ def _object(node: _ObjectNode) -> _ObjectNode:
     else:
         required = getattr(cls, "__required_keys__", frozenset())
         for name, hint in hints.items():
-            while typing.get_origin(hint) in _REQUIREDNESS:  # Required[X], NotRequired[X]
+            needed = name in required
+            while typing.get_origin(hint) in _REQUIREDNESS:  # Required[X], NotRequired[X]: these say, even where
+                needed = typing.get_origin(hint) is _REQUIREDNESS[0]  # the class, its hints strings, could not
                 hint = typing.get_args(hint)[0]
-            node.fields.append(_Field(name, _node(hint), name in required))
+            node.fields.append(_Field(name, _node(hint), needed))
     return node
 
 
