@@ -215,14 +215,11 @@ class _FloatNode(_Node):
     primary = (float,)
 
     def emit(self, src: str, em: _Emitter) -> str:
-        out = em.var()
-        with em.block(f"if type({src}) is float:"):
-            em.line(f"{out} = {src}")
-        with em.block(f"elif type({src}) is int:"):
-            em.line(f"{out} = float({src})")
-        with em.block("else:"):
-            em.line("raise __fr_Bad")
-        return out
+        # Converted in place: ``src`` is always a name of the generated code's own, changed only on success.
+        with em.block(f"if type({src}) is not float:"):
+            em.line(f"if type({src}) is not int: raise __fr_Bad")
+            em.line(f"{src} = float({src})")
+        return src
 
     def convert(self, value: Any, path: str, errors: _Errors) -> Any:
         if type(value) is float:
@@ -546,7 +543,9 @@ class _ObjectNode(_Node):
         if "fast" not in self.__dict__ and not self._compiling:
             self._compile()
         out = em.var()
-        em.line(f"{out} = {em.const(self)}.fast({src})")
+        # The converter itself, or, inside its own making (a type that contains itself), looked up at each call.
+        converter = f"{em.const(self)}.fast" if self._compiling else em.const(self.fast)
+        em.line(f"{out} = {converter}({src})")
         return out
 
     def fast(self, value: Any) -> Any:  # type: ignore[override]
@@ -657,8 +656,11 @@ class _DataclassNode(_ObjectNode):
         out = em.var()
         if self._plain():  # what its __init__ would do, at a third of the cost: the fields set in one dict
             em.line(f"{out} = {em.const(object.__new__)}({em.const(self.cls)})")
-            fields = ", ".join(f"{f.name!r}: {names[f.name]}" for f in self.fields)
-            em.line(f"{em.const(object.__setattr__)}({out}, '__dict__', {{{fields}}})")
+            fields = "{" + ", ".join(f"{f.name!r}: {names[f.name]}" for f in self.fields) + "}"
+            if self.cls.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+                em.line(f"{em.const(object.__setattr__)}({out}, '__dict__', {fields})")
+            else:
+                em.line(f"{out}.__dict__ = {fields}")
             return out
         args = [names[f.name] for f in self.fields if not f.keyword]
         args += [f"{f.name}={names[f.name]}" for f in self.fields if f.keyword]
@@ -832,9 +834,11 @@ def _object(node: _ObjectNode) -> _ObjectNode:
     else:
         required = getattr(cls, "__required_keys__", frozenset())
         for name, hint in hints.items():
-            while typing.get_origin(hint) in _REQUIREDNESS:  # Required[X], NotRequired[X]
+            needed = name in required
+            while typing.get_origin(hint) in _REQUIREDNESS:  # Required[X], NotRequired[X]: these say, even where
+                needed = typing.get_origin(hint) is _REQUIREDNESS[0]  # the class, its hints strings, could not
                 hint = typing.get_args(hint)[0]
-            node.fields.append(_Field(name, _node(hint), name in required))
+            node.fields.append(_Field(name, _node(hint), needed))
     return node
 
 
