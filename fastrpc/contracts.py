@@ -23,7 +23,7 @@ import sys
 import types
 import typing
 import warnings
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 import orjson
 
@@ -562,7 +562,7 @@ class _ObjectNode(_Node):
         em.line(f"{out} = {converter}({src})")
         return out
 
-    def fast(self, value: Any) -> Any:  # type: ignore[override]
+    def fast(self, value: Any) -> Any:
         self._compile()  # replaces this method on the instance
         return self.fast(value)
 
@@ -661,7 +661,7 @@ class _DataclassNode(_ObjectNode):
         """Whether an instance may be made without calling ``__init__``: the dataclass's own ``__init__``
         (made by exec, so its code names no file), only fields it sets, no ``__post_init__``, a ``__dict__``."""
         cls = self.cls
-        code = getattr(cls.__init__, "__code__", None)
+        code = getattr(cls.__dict__.get("__init__"), "__code__", None)
         return (code is not None and code.co_filename == "<string>" and not hasattr(cls, "__post_init__")
                 and "__slots__" not in cls.__dict__ and all(f.init for f in dataclasses.fields(cls))
                 and len(dataclasses.fields(cls)) == len(self.fields))
@@ -716,7 +716,7 @@ class _LibraryNode(_Node):
         em.line(f"{out} = {em.const(self)}.fast({src})")
         return out
 
-    def fast(self, value: Any) -> Any:  # type: ignore[override]
+    def fast(self, value: Any) -> Any:
         try:
             return self._convert(value)
         except self._error:
@@ -841,7 +841,7 @@ def _object(node: _ObjectNode) -> _ObjectNode:
                 None if field.default_factory is dataclasses.MISSING else field.default_factory,
                 bool(getattr(field, "kw_only", False))))
     else:
-        required = getattr(cls, "__required_keys__", frozenset())
+        required: FrozenSet[str] = getattr(cls, "__required_keys__", frozenset())
         for name, hint in hints.items():
             needed = name in required
             while typing.get_origin(hint) in _REQUIREDNESS:  # Required[X], NotRequired[X]: these say, even where
@@ -946,7 +946,7 @@ def encode_default(obj: Any) -> Any:
 
 def _hints(func: Callable[..., Any]) -> Dict[str, Any]:
     """``func``'s type hints, resolved; {} (with a warning) when they cannot be: the handler is then unchecked."""
-    target = func
+    target: Any = func
     if not (inspect.isfunction(func) or inspect.ismethod(func)):
         target = getattr(func, "func", None) or getattr(type(func), "__call__", func)  # a partial, a callable object
     try:
