@@ -829,7 +829,11 @@ def _object(node: _ObjectNode) -> _ObjectNode:
     """Fill a dataclass's or TypedDict's fields, the node memoised first so that a field may name its class."""
     cls = node.cls
     _NODES[cls] = node
-    hints = typing.get_type_hints(cls, include_extras=True)
+    try:
+        hints = typing.get_type_hints(cls, include_extras=True)
+    except Exception:  # not kept half made: the handler that met it is left unchecked (Contract)
+        del _NODES[cls]
+        raise
     if isinstance(node, _DataclassNode):
         for field in dataclasses.fields(cls):
             if not field.init:
@@ -972,7 +976,12 @@ class Contract:
             self.signature = None
         hints = _hints(handler) if check and self.signature is not None else {}
         self.params = [] if self.signature is None else list(self.signature.parameters.values())
-        self.nodes = [_node(hints.get(p.name, Any)) for p in self.params]
+        try:
+            self.nodes = [_node(hints.get(p.name, Any)) for p in self.params]
+        except Exception as exc:  # a dataclass whose own hints name what cannot be found
+            warnings.warn(f"fastrpc: the type hints of {handler!r} cannot be resolved ({exc}); its params are not checked",
+                          stacklevel=2)
+            self.nodes = [_ANY for _ in self.params]
         # The signature's shape, for bind_error and _precise: (name, node, required, default, keyword-only)
         # of each named param, and the nodes of *args and **kwargs (None when the handler takes none).
         P = inspect.Parameter
