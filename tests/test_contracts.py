@@ -480,6 +480,20 @@ def test_unresolvable_hints_warn_and_leave_the_handler_unchecked() -> None:
     assert server.methods["handler"].func is handler
 
 
+def test_a_dataclass_with_unresolvable_hints_leaves_the_handler_unchecked() -> None:
+    @dataclasses.dataclass
+    class Local:
+        x: NoSuchType  # type: ignore[name-defined]  # noqa: F821
+
+    def handler(p: Local) -> None:
+        return None
+
+    handler.__annotations__["p"] = Local  # resolvable itself; its field is not
+    with pytest.warns(UserWarning, match="cannot be resolved"):
+        contract = contracts.Contract(handler)
+    assert contract.func is handler and Local not in contracts._NODES
+
+
 def test_reserved_parameter_names() -> None:
     def handler(__fr_h: int) -> None:
         return None
