@@ -223,7 +223,10 @@ def test_sync_call_many_tells_each_call_its_own_outcome() -> None:
             assert recorder.outcomes()[3:] == [("who", None), ("fail", first)]
             timeout = await raised(side.thread(lambda: client.call_many([("who",), ("hold", [2.0])], timeout=0.2)))
             assert isinstance(timeout, fastrpc.CallTimeout)
-            assert recorder.outcomes()[5:] == [("who", timeout), ("hold", timeout)]  # the batch's timeout ends both
+            # The server holds the call's deadline too: its DeadlineExceeded reply for "hold" and the
+            # client's own timeout race. The client's timeout ends the whole batch; the server's reply
+            # ends "hold" alone, "who" having succeeded (seen in CI on a loaded machine).
+            assert recorder.outcomes()[5:] in ([("who", timeout), ("hold", timeout)], [("who", None), ("hold", timeout)])
             recorder.check_pairs()
 
     run_side("sync", body)
