@@ -1080,7 +1080,6 @@ class Contract:
                 converting.append((p, node))
             else:  # a plain test also refuses the marker of a missing param, but Any's
                 tests.append(f"{p.name} is not __fr_M" if test == "True" else f"({test})")
-        args: List[str] = []
         names: Dict[str, str] = {}
         plain = [p for p in self.params if p.kind not in (P.VAR_POSITIONAL, P.VAR_KEYWORD)]
         values = ", ".join(p.name for p in plain) + ("," if plain else "")
