@@ -183,8 +183,10 @@ def _no_spawn(call: protocol.Call) -> None:
 def make_server() -> Server:
     server = Server()
 
+    # Unannotated: the dispatch figures stay those of the bare call (a typed handler is called through its
+    # checker; bench/contracts.py measures that).
     @server.method
-    def add(a: int, b: int) -> int:
+    def add(a, b):  # type: ignore[no-untyped-def]
         return a + b
 
     return server

@@ -155,8 +155,10 @@ cdef inline bint _is_key(PyObject* key, PyObject** known, str name) except -1:
 
 
 def ping(params):
-    """The built-in ``ping``'s handler: answers with the params it was sent (compiled: load
-    balancers and benchmarks call it more than anything)."""
+    """Answers with the params it was sent.
+
+    The built-in ``ping``'s handler, compiled: load balancers and benchmarks call it more
+    than anything."""
     return params
 
 

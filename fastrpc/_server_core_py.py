@@ -30,7 +30,9 @@ _ID_PART = b', "id": '
 
 
 def ping(params: Any) -> Any:
-    """The built-in ``ping``'s handler: answers with the params it was sent."""
+    """Answers with the params it was sent.
+
+    The built-in ``ping``'s handler."""
     return params
 
 

@@ -236,6 +236,71 @@ def _call(args: argparse.Namespace) -> int:
     return 0
 
 
+def _discovery_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", metavar="HOST:PORT|MODULE:ATTR",
+                        help="a running server, or an app's Server to import (its methods are read without serving)")
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds (default 10)")
+    parser.add_argument("--token-file", metavar="PATH", help="authenticate with the first token in PATH")
+
+
+def _discover(args: argparse.Namespace) -> Any:
+    """The OpenRPC document of ``args.target``; an int (the exit status) when it cannot be had."""
+    from .discovery import document
+    from .sync_client import SyncClient
+
+    if not _looks_like_address(args.target):
+        return document(load_server(args.target).methods)
+    try:
+        host, port = parse_address(args.target)
+    except argparse.ArgumentTypeError as exc:
+        print(f"fastrpc: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        token = read_tokens(args.token_file)[0] if args.token_file is not None else None
+        with SyncClient(host, port, timeout=args.timeout, connect_timeout=args.timeout, token=token) as client:
+            return client.call("rpc.discover")
+    except CallTimeout as exc:
+        print(f"fastrpc: {exc}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    except RemoteError as exc:
+        hint = " (the server has discovery turned off)" if exc.code == -32601 else ""
+        print(f"fastrpc: remote error {exc.code}: {exc.message}{hint}", file=sys.stderr)
+        return EXIT_REMOTE_ERROR
+    except ConnectionClosed as exc:
+        print(f"fastrpc: {exc}", file=sys.stderr)
+        return EXIT_CONNECTION
+
+
+def _looks_like_address(target: str) -> bool:
+    """HOST:PORT (a port number after the last colon) rather than MODULE:ATTR."""
+    return target.rpartition(":")[2].isdigit()
+
+
+def _describe(args: argparse.Namespace) -> int:
+    from .discovery import format_document
+
+    doc = _discover(args)
+    if isinstance(doc, int):
+        return doc
+    print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() if args.json else format_document(doc))
+    return 0
+
+
+def _stubgen(args: argparse.Namespace) -> int:
+    from .stubgen import generate, identifier
+
+    doc = _discover(args)
+    if isinstance(doc, int):
+        return doc
+    text = generate(doc, identifier(args.name, capital=True), args.target)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        with open(args.output, "w", encoding="utf-8") as out:
+            out.write(text)
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from .loadgen import Progress, format_progress, format_report, run_load
     from .server import new_event_loop
@@ -355,6 +420,24 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto")
     bench.add_argument("--json", action="store_true", help="print the report as one JSON object")
     bench.set_defaults(handler=_bench, log_level="WARNING")
+
+    describe = commands.add_parser(
+        "describe", help="print a server's methods with their params' and results' types (rpc.discover)",
+        epilog=f"exit status: 0 success, {EXIT_REMOTE_ERROR} remote error (discovery off), {EXIT_USAGE} usage error, "
+               f"{EXIT_CONNECTION} connection failed or lost, {EXIT_TIMEOUT} timeout",
+    )
+    _discovery_arguments(describe)
+    describe.add_argument("--json", action="store_true", help="print the OpenRPC document itself")
+    describe.set_defaults(handler=_describe, log_level="WARNING")
+
+    stubgen = commands.add_parser(
+        "stubgen", help="write a Python module of typed clients (async and blocking) for a server's methods",
+        epilog="exit status as for describe; TARGET is a running server (HOST:PORT) or an app (MODULE:ATTR)",
+    )
+    _discovery_arguments(stubgen)
+    stubgen.add_argument("--name", default="Service", help="the classes are NAMEClient and NAMESyncClient (default Service)")
+    stubgen.add_argument("-o", "--output", metavar="FILE", help="write the module here (default: standard output)")
+    stubgen.set_defaults(handler=_stubgen, log_level="WARNING")
 
     return parser
 

@@ -31,6 +31,7 @@ from .endpoints import (
     is_ip,
     parse_endpoints,
 )
+from .contracts import decode
 from .errors import CallTimeout, ConnectionClosed, FastRPCError, ShuttingDown
 from .framing import TIMER_SLACK, join_group
 from .hooks import ClientHook, Hooks, checked_meta
@@ -402,7 +403,7 @@ class Client:
 
     def call(
         self, method: str, params: Any = ABSENT, *, timeout: Optional[float] = ABSENT,
-        idempotent: Optional[bool] = None, meta: Optional[Mapping[str, str]] = None,
+        idempotent: Optional[bool] = None, meta: Optional[Mapping[str, str]] = None, result_type: Any = None,
     ) -> Awaitable[Any]:
         """Call ``method`` with ``params`` and return its result.
 
@@ -428,6 +429,11 @@ class Client:
         read with ``fastrpc.metadata()``; ValueError, with nothing sent, if it
         is not valid.
 
+        ``result_type``: a type hint (a dataclass, ``List[Order]``, an Enum...)
+        the result is converted into, as typed handlers' params are
+        (``fastrpc.contracts.decode``); ``contracts.DecodeError``, listing each
+        mismatch under ``result``, if it does not fit.
+
         The call is written when ``call`` is called, with the others of the
         same loop iteration, and an awaitable is returned: its future on the
         direct path (one endpoint with an open connection that has room, no
@@ -435,6 +441,8 @@ class Client:
         ``asyncio.gather`` needs no Task per call; a coroutine elsewhere.
         Either may be awaited, gathered, or given to ``create_task``.
         """
+        if result_type is not None:
+            return self._decoded(self.call(method, params, timeout=timeout, idempotent=idempotent, meta=meta), result_type)
         link = self._link
         if link is not None and link.open and not self.retries and not link.room and _get_running_loop() is self._loop:
             if len(link.waiters) + link.waking < link.max_pending:
@@ -450,6 +458,10 @@ class Client:
                 call._again = (self, method, params, meta, idempotent, timeout, deadline)  # for a refusal
                 return call
         return self._call(method, params, timeout, idempotent, meta)
+
+    @staticmethod
+    async def _decoded(call: Awaitable[Any], result_type: Any) -> Any:
+        return decode(await call, result_type, path="result")
 
     async def _call(self, method: str, params: Any, timeout: Optional[float], idempotent: Optional[bool],
                     meta: Optional[Mapping[str, str]]) -> Any:

@@ -168,6 +168,7 @@ def meter(method: Method, counts: MethodMetrics) -> Method:
         metered = Timed(func, counts)
     wrapped = Method(method.name, metered, method.out, method.raw_params, method.context)
     wrapped.is_async = method.is_async  # as the core would have run the handler itself
+    wrapped.contract = method.contract  # the handler's signature, read at registration
     return wrapped
 
 

@@ -173,4 +173,5 @@ class HookedMethods:
                 succeeded(call, result, started)
                 return result
 
-        return Method(method.name, hooked, method.out, raw, context=True)  # run with the call's metadata
+        # run with the call's metadata; the signature read at registration tells bad params apart
+        return Method(method.name, hooked, method.out, raw, context=True, contract=method.contract)

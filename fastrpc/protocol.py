@@ -30,6 +30,7 @@ from .errors import (
     remote_error,
 )
 from .absent import ABSENT
+from .contracts import Contract, encode_default
 from .framing import ClientCore, MethodCore, ServerCore
 from .limits import DEFAULT_MAX_FRAME_SIZE, META_MAX_BYTES, META_MAX_ENTRIES, PROBE_LENGTH, PROBE_REPLY
 
@@ -65,17 +66,21 @@ class Method(MethodCore):
     the others never look at it, so that a call costs them nothing more.
     """
 
-    __slots__ = ()  # the fields are MethodCore's
+    # The core reads MethodCore's fields; ``contract`` is read only on the rarer paths: what the handler's
+    # signature was found to be (fastrpc.contracts), made at registration or at the first bad-params call.
+    __slots__ = ("contract",)
 
     def __init__(self, name: str, func: Callable[..., Any], out: Optional[str] = None, raw_params: bool = False,
-                 context: bool = False) -> None:
+                 context: bool = False, contract: Optional[Contract] = None) -> None:
         self.name = name
         self.func = func
         self.out = name if out is None else out
         self.raw_params = raw_params
         self.context = context
         self.unbound = raw_params or context  # the fast path's one test for "not the plain bound call"
-        self.is_async = inspect.iscoroutinefunction(func)
+        # A typed handler's checker is a plain function that returns the handler's coroutine.
+        self.is_async = contract.is_async if contract is not None else inspect.iscoroutinefunction(func)
+        self.contract = contract
         self.prefix = b'{"out": ' + _dumps(self.out) + b', "result": '
 
     def __repr__(self) -> str:
@@ -138,31 +143,14 @@ def failure(method: Method, params: Any, exc: BaseException, debug: bool = False
     if isinstance(exc, RemoteError):
         return exc.code, exc.message, exc.data
     if isinstance(exc, TypeError) and not method.raw_params:
-        reason = _bind_error(method.func, params)
-        if reason is not None:
-            return ErrorCode.INVALID_PARAMS, f"invalid params for {method.name!r}: {reason}", None
+        contract = method.contract
+        if contract is None:  # a Method made outside registration: its signature is read once, here
+            contract = method.contract = Contract(method.func, method.name, check=False)
+        refusal = contract.refusal(params)
+        if refusal is not None:
+            return refusal.code, refusal.message, refusal.data
     data = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)) if debug else None
     return ErrorCode.INTERNAL_ERROR, f"internal error in {method.name!r}: {type(exc).__name__}", data
-
-
-def _bind_error(func: Callable[..., Any], params: Any) -> Optional[str]:
-    """Why ``params`` do not bind to ``func``'s signature, or None if they do."""
-    try:
-        signature = inspect.signature(func)
-    except (TypeError, ValueError):  # builtins without a signature
-        return None
-    try:
-        if type(params) is list:
-            signature.bind(*params)
-        elif type(params) is dict:
-            signature.bind(**params)
-        elif params is ABSENT:
-            signature.bind()
-        else:
-            signature.bind(params)
-    except TypeError as exc:
-        return str(exc)
-    return None
 
 
 def encode_error(code: int, message: str, data: Any = None, rid: Optional[Id] = None) -> bytes:
@@ -383,6 +371,25 @@ class _RarerPaths:
             self._slots.append([body])
         else:
             self._send(body)
+
+    def _result_body(self, method: Method, result: Any, rid: Optional[Id]) -> bytes:
+        """The response body of a call of ``method`` that returned ``result``: the core's own, step for step
+        (the pure-Python core calls this one per request, at the same cost), but for a result orjson does not
+        write itself, which is tried again with ``encode_default`` (pydantic models, msgspec Structs)."""
+        try:
+            encoded = _dumps(result)
+        except TypeError:  # orjson.JSONEncodeError is a TypeError
+            try:
+                encoded = _dumps(result, default=encode_default)
+            except TypeError as exc:
+                return self._unencodable(method, exc, rid)
+        if rid is None:
+            body = method.prefix + encoded + b"}"
+        else:
+            body = b"".join((method.prefix, encoded, _ID_PART, _dumps(rid), b"}"))
+        if len(body) > self._max_frame_size:  # type: ignore[attr-defined]
+            return self._fit(body, rid, method)
+        return body
 
     def _unencodable(self, method: Method, exc: TypeError, rid: Optional[Id]) -> bytes:
         """The error body that replaces a result orjson cannot write."""

@@ -22,6 +22,7 @@ from . import framing
 from .framing import pack_frames, ping
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
 from .auth import TokenGate
+from .contracts import Contract
 from .metrics import (MeteredMethods, meter, MetricsBindError, ServerMetrics, server_snapshot, traffic,
                       write_snapshot)
 from .middleware import HookedMethods, Middleware
@@ -88,7 +89,10 @@ class Server:
     Every server answers ``ping`` (out ``pong``, result: its params) unless
     a method of that name is registered over it, and ``rpc.health``:
     ``"SERVING"``, or ``"NOT_SERVING"`` once it is stopping or the application
-    set ``serving`` to False (it keeps answering while the server drains).
+    set ``serving`` to False (it keeps answering while the server drains),
+    and, unless ``discovery=False``, ``rpc.discover``: the OpenRPC document
+    of its methods, their params and results as JSON Schema from their type
+    hints (``fastrpc describe`` and ``fastrpc stubgen`` read it).
 
     With ``max_connection_age`` (seconds), each connection is retired once
     it is that old (less up to MAX_AGE_JITTER of it, drawn per connection):
@@ -110,6 +114,7 @@ class Server:
         max_connection_age_grace: Optional[float] = None,
         tokens: Optional[Iterable[str]] = None,
         debug: bool = False,
+        discovery: bool = True,
     ) -> None:
         self.max_frame_size = check_max_frame_size(max_frame_size)
         if max_in_flight < 1:
@@ -150,6 +155,8 @@ class Server:
         self._builtins: Dict[str, Method] = {
             BUILTIN_PREFIX + "health": Method(BUILTIN_PREFIX + "health", self._health, raw_params=True),
         }
+        if discovery:
+            self._builtins[BUILTIN_PREFIX + "discover"] = Method(BUILTIN_PREFIX + "discover", self._discover, raw_params=True)
         self.methods: Dict[str, Method] = {"ping": Method("ping", ping, out="pong", raw_params=True), **self._builtins}
         self.middleware: List[Middleware] = []
         self._server: Optional[asyncio.AbstractServer] = None
@@ -202,12 +209,20 @@ class Server:
             if method_name.startswith(BUILTIN_PREFIX):
                 raise ValueError(f"method names starting with {BUILTIN_PREFIX!r} are reserved for fastrpc's built-ins, "
                                  f"got {method_name!r}")
-            self.methods[method_name] = Method(method_name, handler, out, raw_params, metadata)
+            # The signature is read once, here: a typed handler is called through its generated checker.
+            contract = Contract(handler, method_name, check=not raw_params)
+            self.methods[method_name] = Method(method_name, contract.func, out, raw_params, metadata, contract)
             if self._metered is not None:
                 self._metered[method_name] = meter(self.methods[method_name], self.metrics.method(method_name))  # type: ignore[union-attr]
             return handler
 
         return register if func is None else register(func)
+
+    def _discover(self, params: Any) -> Dict[str, Any]:
+        """``rpc.discover``: the OpenRPC document of this server's methods (``fastrpc.discovery``)."""
+        from .discovery import document
+
+        return document(self.methods)
 
     def _health(self, params: Any) -> str:
         """``rpc.health``: whether this server takes calls, for balancers and orchestrators."""

@@ -32,6 +32,7 @@ from .endpoints import (
     parse_endpoints,
     resolve_blocking,
 )
+from .contracts import decode
 from .errors import CallTimeout, ConnectionClosed, FastRPCError, FrameTooLarge, ShuttingDown
 from .hooks import ClientHook, Hooks, checked_meta
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
@@ -243,15 +244,16 @@ class SyncClient:
 
     def call(
         self, method: str, params: Any = ABSENT, *, timeout: Optional[float] = ABSENT,
-        idempotent: Optional[bool] = None, meta: Optional[Mapping[str, str]] = None,
+        idempotent: Optional[bool] = None, meta: Optional[Mapping[str, str]] = None, result_type: Any = None,
     ) -> Any:
-        """Call ``method`` with ``params`` and return its result (see ``Client.call``, ``meta`` too)."""
+        """Call ``method`` with ``params`` and return its result (see ``Client.call``, ``meta`` and
+        ``result_type`` too)."""
         if meta is not None:
             meta = checked_meta(meta)
         batch = self._run([(method, params, meta)], timeout, idempotent)
         if batch.errors[0] is not None:
             raise batch.errors[0]
-        return batch.results[0]
+        return batch.results[0] if result_type is None else decode(batch.results[0], result_type, path="result")
 
     def call_many(
         self,
