@@ -281,7 +281,7 @@ cdef class ClientCore:
             if item is not NULL and (out is NULL or <object>out != "error"):  # a success, by read_reply's rule
                 self._resolve(waiter, <object>item)
             else:
-                self._deliver(waiter, None, self._failure(reply))
+                self._other(rid, waiter, reply)
 
 
 @cython.boundscheck(True)  # IndexError for a short list, as the twin raises

@@ -35,10 +35,10 @@ class ClientCore:
     ``protocol.ClientConnection`` is built on it and supplies the rest, which the core calls on
     itself: ``_encode(method, params, rid, deadline, meta)`` (``protocol.encode_request``),
     ``_unmatched(reply)`` (a reply no pending call waits for by id: a notice, a connection
-    error), ``_failure(reply)`` (what a reply that is not a success fails its call with) and
-    ``_not_a_reply(body)`` (the error for a frame that is not a JSON object). It sets
-    ``_deliver(waiter, result, error)`` and ``_resolve(waiter, result)``, which the core hands
-    outcomes to: a success to ``_resolve``, a failure to ``_deliver``.
+    error), ``_other(rid, waiter, reply)`` (a reply that is not a success: a failure, or a
+    stream's item or end) and ``_not_a_reply(body)`` (the error for a frame that is not a JSON
+    object). It sets ``_deliver(waiter, result, error)`` and ``_resolve(waiter, result)``, which
+    outcomes are handed to: a success to ``_resolve``, a failure to ``_deliver``.
     """
 
     def __init__(self, max_frame_size: int, ids: bool) -> None:
@@ -119,7 +119,7 @@ class ClientCore:
             if "result" in reply and reply.get("out") != "error":  # a success, by read_reply's rule
                 resolve(waiter, reply["result"])
             else:
-                self._deliver(waiter, None, self._failure(reply))  # type: ignore[attr-defined]
+                self._other(rid, waiter, reply)  # type: ignore[attr-defined]
 
 
 

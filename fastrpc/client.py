@@ -39,6 +39,7 @@ from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
 from .net import address_text, connect_failed, set_nodelay
 from .protocol import ABSENT, ClientConnection
 from .retry import NotSent, check_retries, resendable, retry_delay
+from .streams import DEFAULT_WINDOW, Stream, on_item
 
 __all__ = ["Client", "connect", "DEFAULT_MAX_PENDING"]
 
@@ -491,6 +492,23 @@ class Client:
     # it as one: it returns an awaitable, a coroutine or not.
     call = _coroutine_function(call)
 
+    def stream(
+        self, method: str, params: Any = ABSENT, *, window: int = DEFAULT_WINDOW, timeout: Optional[float] = ABSENT,
+        meta: Optional[Mapping[str, str]] = None,
+    ) -> Stream:
+        """Call streaming ``method`` (a generator on the server) with ``params``: ``async for item in
+        client.stream(...)`` takes its items as they come (docs/protocol.md section 12).
+
+        At most ``window`` items are sent ahead of the consumer: the server's generator waits while the
+        consumer does not take them, so a slow consumer bounds memory on both sides. ``timeout``
+        (default: the client's) covers the whole stream, as the deadline sent to the server:
+        CallTimeout when it passes. Leaving the loop early (``break``, an exception, a cancelled task)
+        or ``aclose()`` stops the stream on the server, whose generator's ``finally`` runs. A failure
+        on the server mid-stream raises its RemoteError once the items before it are taken.
+        """
+        return Stream(self, method, params, window, self.timeout if timeout is ABSENT else timeout,
+                      None if meta is None else checked_meta(meta))
+
     async def call_many(
         self, calls: Iterable[Union[Tuple[str], Tuple[str, Any]]], *, timeout: Optional[float] = ABSENT,
         return_exceptions: bool = False, idempotent: Optional[bool] = None, meta: Optional[Mapping[str, str]] = None,
@@ -761,7 +779,7 @@ async def _dial(
     """Open a connection, authenticate it and ask for notices: it is ready for calls."""
     host, port = address
     loop = asyncio.get_running_loop()
-    core = ClientConnection(_deliver, resolve=_Call.set_result, ids=ids, max_frame_size=max_frame_size)
+    core = ClientConnection(_deliver, resolve=_Call.set_result, ids=ids, max_frame_size=max_frame_size, on_item=on_item)
     try:
         _, protocol = await asyncio.wait_for(
             loop.create_connection(lambda: _ClientProtocol(core, loop, max_pending), host, port, ssl=ssl,

@@ -976,7 +976,9 @@ class Contract:
     def __init__(self, handler: Callable[..., Any], name: Optional[str] = None, check: bool = True) -> None:
         self.handler = handler
         self.name = getattr(handler, "__name__", repr(handler)) if name is None else name
-        self.is_async = inspect.iscoroutinefunction(handler)
+        # A generator streams its result (docs/protocol.md section 12); its call runs in a task, as a coroutine's.
+        self.stream = inspect.isasyncgenfunction(handler) or inspect.isgeneratorfunction(handler)
+        self.is_async = inspect.iscoroutinefunction(handler) or self.stream
         try:
             self.signature: Optional[inspect.Signature] = inspect.signature(handler)
         except (TypeError, ValueError):  # a builtin without a signature

@@ -35,8 +35,8 @@ from .framing import ClientCore, MethodCore, ServerCore
 from .limits import DEFAULT_MAX_FRAME_SIZE, META_MAX_BYTES, META_MAX_ENTRIES, PROBE_LENGTH, PROBE_REPLY
 
 __all__ = [
-    "ABSENT", "NOTICES_METHOD", "NOTICES", "Method", "Call", "ServerConnection", "ClientConnection", "encode_error",
-    "encode_request", "read_reply", "failure", "metadata", "metadata_problem",
+    "ABSENT", "NOTICES_METHOD", "NOTICES", "Method", "Call", "Stream", "StreamEnd", "ServerConnection", "ClientConnection",
+    "encode_error", "encode_request", "read_reply", "failure", "metadata", "metadata_problem", "MAX_CREDIT",
 ]
 
 _loads = orjson.loads
@@ -52,6 +52,9 @@ Id = Union[int, str]
 _ID_PART = b', "id": '
 _ERROR_PREFIX = b'{"out": "error", "error": '
 _ID_TYPES = (int, str, type(None))  # exact types: a bool is not an id
+_ITEM_PREFIX = b'{"item": '
+#: The most credit (items a stream may send ahead of its client) a stream holds at once (section 12).
+MAX_CREDIT = 65536
 
 #: The built-in a client calls (with an id) to be sent notices on its connection (docs/protocol.md section 11).
 NOTICES_METHOD = "rpc.notices"
@@ -82,6 +85,11 @@ class Method(MethodCore):
         self.is_async = contract.is_async if contract is not None else inspect.iscoroutinefunction(func)
         self.contract = contract
         self.prefix = b'{"out": ' + _dumps(self.out) + b', "result": '
+
+    @property
+    def stream(self) -> bool:
+        """Whether its handler is a generator: each call is a stream (docs/protocol.md section 12)."""
+        return self.contract is not None and self.contract.stream
 
     def __repr__(self) -> str:
         return f"<Method {self.name!r} -> {self.func!r}>"
@@ -168,10 +176,11 @@ class Call:
     ``ServerConnection.complete`` or ``ServerConnection.fail``.
     """
 
-    __slots__ = ("method", "id", "slot", "coro", "params", "deadline", "meta")
+    __slots__ = ("method", "id", "slot", "coro", "params", "deadline", "meta", "stream")
 
     def __init__(self, method: Method, rid: Optional[Id], slot: Optional[List[Optional[bytes]]], coro: Any, params: Any,
-                 deadline: Optional[float] = None, meta: Optional[Dict[str, str]] = None) -> None:
+                 deadline: Optional[float] = None, meta: Optional[Dict[str, str]] = None,
+                 stream: Optional["Stream"] = None) -> None:
         self.method = method
         self.id = rid
         self.slot = slot
@@ -179,6 +188,27 @@ class Call:
         self.coro = coro
         self.params = params
         self.meta = meta  # a context method's metadata, for the task that runs it (enter_metadata)
+        self.stream = stream  # a streaming call's flow state, or None
+
+
+class Stream:
+    """A streaming call's flow state (docs/protocol.md section 12): the items it may still send
+    (``credit``, granted by the client), those it sent, and what the I/O layer waits on while
+    the credit is used up (``waiter``, an object with ``done`` and ``set_result``: a future)."""
+
+    __slots__ = ("credit", "sent", "suffix", "waiter")
+
+    def __init__(self, credit: int, rid: Id) -> None:
+        self.credit = credit
+        self.sent = 0
+        self.suffix = _ID_PART + _dumps(rid) + b"}"  # every frame of the stream ends with its id
+        self.waiter: Any = None
+
+    def wake(self) -> None:
+        """Let the stream's sender go on (more credit came, or the peer reads again)."""
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 def _refuse(params: Any) -> Any:
@@ -234,9 +264,12 @@ class _RarerPaths:
         count_error: Optional[Callable[[Optional[str], int, bool], None]] = None,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         debug: bool = False,
+        max_streams: int = 1024,
     ) -> None:
         super().__init__(methods, max_frame_size)  # type: ignore[call-arg]
         self._spawn = spawn
+        self._max_streams = max_streams
+        self.streams: Dict[Id, Stream] = {}  # the open streams, by id
         self._cancel = cancel
         self._report = report
         self._count_error = count_error
@@ -281,13 +314,73 @@ class _RarerPaths:
                     method, ErrorCode.INVALID_REQUEST, "invalid request: 'deadline' must be milliseconds, 0 or more", None, rid))
                 return False
             deadline /= 1000
+        stream = None
+        if method.stream:
+            problem = self._stream_problem(method, rid, request.get("credit"))
+            if problem is not None:
+                coro.close()  # never run
+                self._reply(rid, self._error(method, problem[0], problem[1], None, rid))
+                return False
+            stream = self.streams[rid] = Stream(request["credit"], rid)  # type: ignore[index]
         slot: Optional[List[Optional[bytes]]] = None
         if rid is None:
             slot = [None]
             self._slots.append(slot)
         # A context method's metadata, checked by _call_in_context, goes with its call to the task.
         meta = (request.get("meta") or {}) if method.context else None
-        return bool(self._spawn(Call(method, rid, slot, coro, params, deadline, meta)))
+        return bool(self._spawn(Call(method, rid, slot, coro, params, deadline, meta, stream)))
+
+    def _stream_problem(self, method: Method, rid: Optional[Id], credit: Any) -> Optional[Tuple[int, str]]:
+        """Why a call of streaming ``method`` cannot start (code, message), or None (section 12)."""
+        name = method.name
+        if credit is None:
+            return ErrorCode.INVALID_REQUEST, (f"invalid request: {name!r} streams its result: call it as a stream "
+                                               "(with an id and 'credit'), e.g. fastrpc's client.stream()")
+        if type(credit) is not int or not 1 <= credit <= MAX_CREDIT:
+            return ErrorCode.INVALID_REQUEST, f"invalid request: 'credit' must be an integer from 1 to {MAX_CREDIT}"
+        if rid is None:
+            return ErrorCode.INVALID_REQUEST, f"invalid request: a stream needs an id ({name!r} streams its result)"
+        if rid in self.streams:
+            return ErrorCode.INVALID_REQUEST, f"invalid request: id {rid!r} names a stream still open"
+        if len(self.streams) >= self._max_streams:
+            return ErrorCode.SERVER_BUSY, f"server busy: {len(self.streams)} streams are open on this connection"
+        return None
+
+    def stream_item(self, call: Call, item: Any) -> None:
+        """Queue one item of a streaming call (its credit is the caller's to check). RemoteError (the
+        stream ends with it) for an item that cannot be encoded or would exceed the frame size."""
+        stream: Stream = call.stream  # type: ignore[assignment]
+        try:
+            encoded = _dumps(item)
+        except TypeError:
+            try:
+                encoded = _dumps(item, default=encode_default)
+            except TypeError as exc:
+                if self._report is not None:
+                    self._report(call.method, exc)
+                raise RemoteError(f"item {stream.sent} of {call.method.name!r} is not JSON serializable: {exc}",
+                                  code=ErrorCode.INTERNAL_ERROR) from None
+        body = b"".join((_ITEM_PREFIX, encoded, stream.suffix))
+        if len(body) > self._max_frame_size:  # type: ignore[attr-defined]
+            raise RemoteError(f"item {stream.sent} of {call.method.name!r} is {len(body)} bytes, over the maximum "
+                              f"frame size of {self._max_frame_size} bytes",  # type: ignore[attr-defined]
+                              code=ErrorCode.FRAME_TOO_LARGE)
+        self._send(body)  # type: ignore[attr-defined]
+        stream.sent += 1
+        stream.credit -= 1
+
+    def close_stream(self, call: Call) -> None:
+        """A streaming call ended (answered, cancelled, or its connection gone): forget it."""
+        if self.streams.get(call.id) is call.stream:  # type: ignore[arg-type]
+            del self.streams[call.id]  # type: ignore[arg-type]
+
+    def _grant(self, rid: Any, credit: Any) -> None:
+        """A credit frame: stream ``rid`` may send ``credit`` more items. Like cancel frames, never
+        answered: one for a stream that ended (it crossed the end) or that is malformed is ignored."""
+        stream = self.streams.get(rid) if type(rid) in (int, str) else None
+        if stream is not None and type(credit) is int and credit > 0:
+            stream.credit = min(stream.credit + credit, MAX_CREDIT)
+            stream.wake()
 
     def _call_in_context(self, method: Method, request: Dict[str, Any], params: Any) -> Any:
         """Call a ``context`` method with its call's metadata current (the slower path)."""
@@ -318,6 +411,8 @@ class _RarerPaths:
             if type(request["cancel"]) in (int, str) and self._cancel is not None:
                 self._cancel(request["cancel"])
             return None  # a cancel frame is never answered
+        if "credit" in request and "in" not in request:
+            return self._grant(request.get("id"), request["credit"])
         rid = request.get("id")
         if type(rid) not in _ID_TYPES:
             return self._reply(None, self._error(None, ErrorCode.INVALID_REQUEST, "invalid request: 'id' must be an integer or a string"))
@@ -347,7 +442,10 @@ class _RarerPaths:
     # -- outcomes --------------------------------------------------------------
 
     def complete(self, call: Call, result: Any) -> None:
-        """An async handler returned ``result``."""
+        """An async handler returned ``result`` (a stream: the count of items it sent, in its end frame)."""
+        if call.stream is not None:
+            self._send(b'{"end": %d%s' % (call.stream.sent, call.stream.suffix))
+            return
         self._settle(call, self._result_body(call.method, result, call.id))
 
     def fail(self, call: Call, exc: BaseException) -> None:
@@ -468,10 +566,11 @@ def _decode_error(error: Dict[str, Any]) -> RemoteError:
 # -- shared by the clients and the load generator ------------------------------------
 
 def encode_request(method: str, params: Any = ABSENT, rid: Optional[Id] = None, deadline: Optional[float] = None,
-                   meta: Optional[Mapping[str, str]] = None) -> bytes:
+                   meta: Optional[Mapping[str, str]] = None, credit: Optional[int] = None) -> bytes:
     """A request body (docs/protocol.md section 3): ``params`` left out when ABSENT, ``id`` when
     None; ``deadline`` (seconds) is sent as whole milliseconds, rounded up; ``meta`` when given
-    (ValueError if it is not an object of at most META_MAX_ENTRIES strings and META_MAX_BYTES)."""
+    (ValueError if it is not an object of at most META_MAX_ENTRIES strings and META_MAX_BYTES);
+    ``credit``, a stream's first credit (section 12), when given."""
     request: Dict[str, Any] = {"in": method}
     if params is not ABSENT:
         request["params"] = params
@@ -487,7 +586,19 @@ def encode_request(method: str, params: Any = ABSENT, rid: Optional[Id] = None, 
         if problem is not None:
             raise ValueError(f"invalid call metadata: {problem}")
         request["meta"] = meta
+    if credit is not None:
+        request["credit"] = credit
     return _dumps(request)
+
+
+class StreamEnd:
+    """What a stream's waiter is resolved with when its end frame comes: the count of items the
+    server sent (section 12). A stream resolved with anything else was answered as a plain call."""
+
+    __slots__ = ("sent",)
+
+    def __init__(self, sent: Any) -> None:
+        self.sent = sent
 
 
 def read_reply(body: Union[bytes, memoryview]) -> Tuple[Dict[str, Any], Any, Optional[BaseException]]:
@@ -541,9 +652,12 @@ class _ClientRarerPaths:
         ids: bool = True,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         on_drain: Optional[Callable[[str], None]] = None,
+        on_item: Optional[Callable[[Any, Any], bool]] = None,
     ) -> None:
         super().__init__(max_frame_size, ids)  # type: ignore[call-arg]
         self._deliver = deliver
+        # A stream's item goes to on_item(waiter, item), which says whether the waiter is a stream's.
+        self._on_item = on_item
         # A success goes to resolve(waiter, result) when given: the async client's is Future.set_result,
         # so that a reply costs no Python frame beyond the read loop's.
         self._resolve = resolve if resolve is not None else lambda waiter, result: deliver(waiter, result, None)
@@ -566,6 +680,28 @@ class _ClientRarerPaths:
         calls ``on_drain(reason)``."""
         if self.ids:
             self._queue(encode_request(NOTICES_METHOD, ABSENT, self._next_key()))  # type: ignore[attr-defined]
+
+    def request_stream(self, method: str, params: Any, waiter: Any, credit: int, deadline: Optional[float] = None,
+                       meta: Optional[Mapping[str, str]] = None) -> int:
+        """Queue a streaming call (section 12) whose ``credit`` first items the server may send at once;
+        returns its key. Its items go to ``on_item(waiter, item)``, its end resolves ``waiter`` with a
+        ``StreamEnd``, a failure is delivered as a call's. ValueError in the ordered mode (ids=False)."""
+        if not self.ids:  # type: ignore[attr-defined]
+            raise ValueError("streams need ids: they cannot be called on a client with ids=False")
+        if not 1 <= credit <= MAX_CREDIT:
+            raise ValueError(f"a stream's window must be from 1 to {MAX_CREDIT} items, got {credit!r}")
+        key: int = self._next_key()  # type: ignore[attr-defined]
+        body = encode_request(method, params, key, deadline, meta, credit)
+        if len(body) > self._max_frame_size:  # type: ignore[attr-defined]
+            raise FrameTooLarge(len(body), self._max_frame_size)  # type: ignore[attr-defined]
+        self._queue(body)  # type: ignore[attr-defined]
+        self.waiters[key] = waiter  # type: ignore[attr-defined]
+        return key
+
+    def grant(self, key: int, credit: int) -> None:
+        """Let stream ``key`` send ``credit`` more items (its consumer took that many)."""
+        if key in self.waiters:  # type: ignore[attr-defined]
+            self._queue(b'{"credit":%d,"id":%d}' % (credit, key))  # type: ignore[attr-defined]
 
     def forget(self, key: int, *, cancel: bool = True) -> None:
         """Stop waiting for ``key`` (timed out, cancelled): its late reply is
@@ -594,8 +730,20 @@ class _ClientRarerPaths:
     # -- what the core leaves to this class ------------------------------------
 
     _encode = staticmethod(encode_request)
-    _failure = staticmethod(_failure)
     _not_a_reply = staticmethod(_not_a_reply)
+
+    def _other(self, rid: Any, waiter: Any, reply: Dict[str, Any]) -> None:
+        """A reply to ``waiter`` (taken from the pending calls) that is not a success: a stream's item
+        (the stream stays pending) or end, or a failure."""
+        if "out" not in reply and self._on_item is not None:
+            if "item" in reply:
+                self.waiters[rid] = waiter  # type: ignore[attr-defined]
+                if self._on_item(waiter, reply["item"]):
+                    return
+                del self.waiters[rid]  # type: ignore[attr-defined]
+            elif "end" in reply:
+                return self._resolve(waiter, StreamEnd(reply["end"]))  # type: ignore[attr-defined,no-any-return]
+        self._deliver(waiter, None, _failure(reply))  # type: ignore[attr-defined]
 
     def _unmatched(self, reply: Dict[str, Any]) -> None:
         """A reply no pending call waits for by id: a notice, or an error for the whole connection."""

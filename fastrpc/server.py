@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import logging
 import math
@@ -70,6 +71,10 @@ SNAPSHOT_INTERVAL = 0.5
 #: Handler failures logged per method and second; more are counted, and the count logged.
 FAILURES_LOGGED_PER_SECOND = 5
 
+#: Items a stream sends in a row before it lets the loop run (its writes go out, other calls run),
+#: however much credit it holds: what one stream adds to a connection's output between writes.
+STREAM_BURST = 64
+
 # The states of a connection (see _Connection).
 OPEN, DRAINING, ENDING, CLOSED = "open", "draining", "ending", "closed"
 
@@ -115,10 +120,12 @@ class Server:
         tokens: Optional[Iterable[str]] = None,
         debug: bool = False,
         discovery: bool = True,
+        max_streams: int = 1024,
     ) -> None:
         self.max_frame_size = check_max_frame_size(max_frame_size)
-        if max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight!r}")
+        for name, value in (("max_in_flight", max_in_flight), ("max_streams", max_streams)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value!r}")
         if max_connections is not None and max_connections < 1:
             raise ValueError(f"max_connections must be at least 1 (or None: no limit), got {max_connections!r}")
         for name, value in (("idle_timeout", idle_timeout), ("frame_timeout", frame_timeout)):
@@ -128,6 +135,7 @@ class Server:
         if tokens is not None:
             self.set_tokens(tokens)
         self.max_in_flight = max_in_flight
+        self.max_streams = max_streams
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.frame_timeout = frame_timeout
@@ -211,7 +219,8 @@ class Server:
                                  f"got {method_name!r}")
             # The signature is read once, here: a typed handler is called through its generated checker.
             contract = Contract(handler, method_name, check=not raw_params)
-            self.methods[method_name] = Method(method_name, contract.func, out, raw_params, metadata, contract)
+            func = _streamed(contract.func) if contract.stream else contract.func
+            self.methods[method_name] = Method(method_name, func, out, raw_params, metadata, contract)
             if self._metered is not None:
                 self._metered[method_name] = meter(self.methods[method_name], self.metrics.method(method_name))  # type: ignore[union-attr]
             return handler
@@ -530,7 +539,7 @@ class _Connection(asyncio.BufferedProtocol):
     def __init__(self, server: Server) -> None:
         self._server = server
         options = dict(cancel=self._cancel_by_id, report=self._handler_failed, count_error=server.stats.count_error,
-                       max_frame_size=server.max_frame_size, debug=server.debug)
+                       max_frame_size=server.max_frame_size, debug=server.debug, max_streams=server.max_streams)
         self._core = core = ServerConnection(server._registry, self._spawn, **options)  # type: ignore[arg-type]
         # The transport looks get_buffer and buffer_updated up once, before connection_made:
         # binding the core's own methods here spares a Python call per read (two at one
@@ -712,7 +721,14 @@ class _Connection(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        for stream in self._core.streams.values():
+            stream.wake()
         self._update_reading()
+
+    def _in_flight(self) -> int:
+        """Calls running, streams not counted: a stream waits on its client's credit, which the
+        connection must go on reading (streams have their own limit, ``max_streams``)."""
+        return len(self._tasks) - len(self._core.streams)
 
     def _update_reading(self) -> None:
         """Read only while the peer takes its replies and calls in flight are under the limit.
@@ -721,12 +737,12 @@ class _Connection(asyncio.BufferedProtocol):
         up first, whichever of the two conditions was the last to clear."""
         if self._done():
             return
-        if self._held and not self._writing_paused and len(self._tasks) < self._max_in_flight:
+        if self._held and not self._writing_paused and self._in_flight() < self._max_in_flight:
             self._held = False
             self.buffer_updated(0)  # may reach the limit again, and hold the rest
             if self._done():
                 return
-        pause = self._writing_paused or len(self._tasks) >= self._max_in_flight
+        pause = self._writing_paused or self._in_flight() >= self._max_in_flight
         if pause != self._reading_paused:
             self._reading_paused = pause
             if pause:
@@ -752,6 +768,10 @@ class _Connection(asyncio.BufferedProtocol):
         self._drain_until = self._loop.time() + DRAIN_LIMIT
         core = self._core
         core.refuse_calls(self._server._builtins, self._server.methods)
+        for call, task in self._tasks.items():  # a stream may never end by itself: it ends now
+            if call.stream is not None:
+                self._stopped[call] = ShuttingDown("the server is shutting down: the stream was ended", {"started": True})
+                task.cancel()
         if core.drain_notice(reason) and not self._done():
             self._transport.write(core.data_to_send())  # at once: ahead of the replies still owed
         self._close_when_quiet()
@@ -803,7 +823,7 @@ class _Connection(asyncio.BufferedProtocol):
         """Run an async handler's call; True when no more may start (the core holds the next frames)."""
         tasks = self._tasks
         tasks[call] = self._loop.create_task(self._run(call))
-        if len(tasks) >= self._max_in_flight:
+        if call.stream is None and self._in_flight() >= self._max_in_flight:
             self._held = True
             self._update_reading()
             return True
@@ -837,6 +857,8 @@ class _Connection(asyncio.BufferedProtocol):
             _DEADLINE.set(deadline)  # this task's own context
         if call.meta is not None:
             enter_metadata(call.meta)
+        if call.stream is not None:
+            _STREAMING.set((self, call))  # for _pump, in this task's context
         try:
             result = await call.coro
         except asyncio.CancelledError:
@@ -857,6 +879,8 @@ class _Connection(asyncio.BufferedProtocol):
         finally:
             del self._tasks[call]
             self._stopped.pop(call, None)
+            if call.stream is not None:
+                self._core.close_stream(call)
             if timer is not None:
                 timer.cancel()
             if self._state is CLOSED and not self._tasks:
@@ -867,6 +891,40 @@ class _Connection(asyncio.BufferedProtocol):
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
+
+    async def pump(self, call: Call, items: Any) -> int:
+        """Send a streaming call's items while its client's credit lasts, waiting for more when it is used
+        up (and while the peer does not read); returns how many were sent. The generator is closed
+        however the stream ends: its ``finally`` runs on a cancel, a deadline, a shutdown, a lost peer."""
+        stream = call.stream
+        core = self._core
+        asynchronous = hasattr(items, "__anext__")
+        burst = 0
+        try:
+            while True:
+                if stream.credit <= 0 or self._writing_paused:  # type: ignore[union-attr]
+                    stream.waiter = self._loop.create_future()  # type: ignore[union-attr]
+                    await stream.waiter  # type: ignore[union-attr]
+                    burst = 0
+                    continue
+                if burst >= STREAM_BURST:
+                    await asyncio.sleep(0)  # the flush scheduled below runs, and the loop's other work
+                    burst = 0
+                    continue
+                try:
+                    item = await items.__anext__() if asynchronous else next(items)
+                except (StopAsyncIteration, StopIteration):
+                    return stream.sent  # type: ignore[union-attr]
+                core.stream_item(call, item)
+                burst += 1
+                if not self._flush_scheduled:
+                    self._flush_scheduled = True
+                    self._loop.call_soon(self._flush)
+        finally:
+            if asynchronous:
+                await items.aclose()
+            else:
+                items.close()
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -884,6 +942,25 @@ class _Connection(asyncio.BufferedProtocol):
 _NO_REPLY = ShuttingDown("cancelled by the client")  # a marker: the client asked for no reply
 # The running call's deadline (loop time) in a box that _expire sets to 0, or None.
 _DEADLINE: "contextvars.ContextVar[Optional[List[float]]]" = contextvars.ContextVar("fastrpc_deadline", default=None)
+
+
+# A streaming call's connection and call, set in its task for _pump.
+_STREAMING: "contextvars.ContextVar[Tuple[_Connection, Call]]" = contextvars.ContextVar("fastrpc_streaming")
+
+
+def _streamed(func: Callable[..., Any]) -> Callable[..., Any]:
+    """A generator function (or its checker) as the server calls it: a function returning the coroutine
+    that sends the generator's items, so that the core, middleware and metrics see one async call."""
+    @functools.wraps(func)  # keeps the signature: bad params are still -32602
+    def streamed(*args: Any, **kwargs: Any) -> Any:
+        return _pump(func(*args, **kwargs))
+
+    return streamed
+
+
+async def _pump(items: Any) -> int:
+    connection, call = _STREAMING.get()
+    return await connection.pump(call, items)
 
 
 def remaining() -> Optional[float]:

@@ -16,8 +16,9 @@ import select
 import socket
 import threading
 import time
+from collections import deque
 from ssl import MemoryBIO, SSLContext, SSLWantReadError, SSLZeroReturnError
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from .auth import AUTH_METHOD
 from .endpoints import (
@@ -33,12 +34,13 @@ from .endpoints import (
     resolve_blocking,
 )
 from .contracts import decode
-from .errors import CallTimeout, ConnectionClosed, FastRPCError, FrameTooLarge, ShuttingDown
+from .errors import CallTimeout, ConnectionClosed, FastRPCError, FrameTooLarge, ProtocolError, ShuttingDown
 from .hooks import ClientHook, Hooks, checked_meta
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
 from .net import address_text, connect_failed, set_nodelay
-from .protocol import ABSENT, ClientConnection
+from .protocol import ABSENT, ClientConnection, StreamEnd
 from .retry import NotSent, check_retries, resendable, retry_delay
+from .streams import DEFAULT_WINDOW
 
 __all__ = ["SyncClient"]
 
@@ -67,6 +69,40 @@ class _Batch:
         self.errors: List[Optional[BaseException]] = [None] * size
         self.left = size
         self.event: Optional[threading.Event] = None
+
+
+class _StreamBatch(_Batch):
+    """A stream's waiter (``(batch, 0)`` to the core): its items as they arrive, and its outcome. ``left``
+    is 0 while items wait to be taken or once the stream is over, so that a consumer waits, and reads
+    for everyone, as a batch's thread does."""
+
+    __slots__ = ("items", "over")
+
+    def __init__(self) -> None:  # not _Batch's: its ``left = size`` would end the stream
+        self.results: List[Any] = [None]
+        self.errors: List[Optional[BaseException]] = [None]
+        self.event: Optional[threading.Event] = None
+        self.items: Deque[Any] = deque()
+        self.over = False
+
+    @property  # type: ignore[override]
+    def left(self) -> int:
+        return 0 if self.items or self.over else 1
+
+    @left.setter
+    def left(self, value: int) -> None:  # the core's resolve counts the outcome in: the stream is over
+        self.over = True
+
+
+def _on_item(waiter: Tuple[_Batch, int], item: Any) -> bool:
+    """The core's ``on_item``: keep an item for the stream's consumer (False: not a stream's waiter)."""
+    batch = waiter[0]
+    if type(batch) is not _StreamBatch:
+        return False
+    batch.items.append(item)
+    if batch.event is not None:
+        batch.event.set()
+    return True
 
 
 def _failed(size: int, error: BaseException) -> _Batch:
@@ -254,6 +290,42 @@ class SyncClient:
         if batch.errors[0] is not None:
             raise batch.errors[0]
         return batch.results[0] if result_type is None else decode(batch.results[0], result_type, path="result")
+
+    def stream(
+        self, method: str, params: Any = ABSENT, *, window: int = DEFAULT_WINDOW, timeout: Optional[float] = ABSENT,
+        meta: Optional[Mapping[str, str]] = None,
+    ) -> Iterator[Any]:
+        """Call streaming ``method`` with ``params`` and iterate over its items as they come (see
+        ``Client.stream``: ``window``, ``timeout`` over the whole stream, ``meta``). Sent when first
+        iterated; leaving the loop early (``break``, an exception) or ``close()`` on the iterator stops
+        the stream on the server. The iterator's return value (``StopIteration.value``) is the count
+        of items the server sent."""
+        if meta is not None:
+            meta = checked_meta(meta)
+        if timeout is ABSENT:
+            timeout = self.timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        states = None
+        if self._hooks is not None:
+            meta, states = self._hooks.started(method, meta)
+        error: Optional[BaseException] = None
+        try:
+            for _ in range(len(self._endpoints.all) + MAX_REFUSALS):
+                link = self._link
+                if link is None or not link.open:
+                    _, link = self._choose(deadline, timeout)
+                try:
+                    batch, key = link.open_stream(method, params, meta, window, deadline)
+                except NotSent:  # it took no new calls (draining, lost): choose again
+                    continue
+                return (yield from link.stream(batch, key, method, window, deadline, timeout))
+            raise ConnectionClosed(f"stream of {method!r} found no connection to send it on")
+        except BaseException as exc:  # GeneratorExit too: the consumer stopped
+            error = None if isinstance(exc, GeneratorExit) else exc
+            raise
+        finally:
+            if states is not None:
+                self._hooks.ended(method, states, error)  # type: ignore[union-attr]
 
     def call_many(
         self,
@@ -541,7 +613,7 @@ class _Link:
         server_hostname: Optional[str],
     ) -> None:
         host, port = address
-        self._core = ClientConnection(_deliver, resolve=_resolve, ids=ids, max_frame_size=max_frame_size)
+        self._core = ClientConnection(_deliver, resolve=_resolve, ids=ids, max_frame_size=max_frame_size, on_item=_on_item)
         try:
             sock = socket.create_connection((host, port), timeout=connect_timeout)
         except OSError as exc:  # socket.timeout among them
@@ -624,7 +696,56 @@ class _Link:
             raise CallTimeout(f"{what} timed out after {timeout} s")
         return batch
 
-    def _send(self, calls: Sequence[_Call], batch: _Batch, deadline: Optional[float]) -> List[int]:
+    def open_stream(self, method: str, params: Any, meta: Optional[Dict[str, str]], window: int,
+                    deadline: Optional[float]) -> Tuple[_StreamBatch, int]:
+        """Send a streaming call: its waiter and key, for ``stream``; NotSent if the connection takes no new calls."""
+        batch = _StreamBatch()
+        return batch, self._send([(method, params, meta)], batch, deadline, window)[0]
+
+    def stream(self, batch: _StreamBatch, key: int, method: str, window: int, deadline: Optional[float],
+               timeout: Optional[float]) -> Iterator[Any]:
+        """A stream's items, as the server sends them and its consumer takes them (``SyncClient.stream``)."""
+        core = self._core
+        taken = 0
+        over = False
+        try:
+            while True:
+                if not self._wait(batch, deadline):
+                    raise CallTimeout(f"stream of {method!r} timed out after {timeout} s")
+                items = batch.items
+                while items:
+                    item = items.popleft()
+                    taken += 1
+                    if taken * 2 >= window and not batch.over:  # half the window taken: grant it again
+                        with self._state:
+                            core.grant(key, taken)
+                        taken = 0
+                        try:
+                            self._send((), batch, deadline)
+                        except (NotSent, CallTimeout, ConnectionClosed):
+                            pass  # the connection failed: the stream's outcome says so
+                    yield item
+                if batch.over:
+                    break
+            over = True
+        finally:
+            if not over:  # stopped early, or timed out: stop it on the server
+                with self._state:
+                    core.forget(key)
+                try:
+                    self._send((), batch, time.monotonic() + CANCEL_SEND_TIMEOUT)
+                except (NotSent, CallTimeout, ConnectionClosed):
+                    pass
+        error, result = batch.errors[0], batch.results[0]
+        if error is not None:
+            raise error
+        if type(result) is not StreamEnd:
+            raise ProtocolError(f"{method!r} is not a streaming method: it answered with one result")
+        return result.sent
+
+    def _send(self, calls: Sequence[_Call], batch: _Batch, deadline: Optional[float], window: int = 0) -> List[int]:
+        """Send ``calls`` (their outcomes go to ``batch``) and whatever else is queued; ``window``: the
+        one call is a stream with that first credit."""
         core = self._core
         with self._send_lock:
             if calls and not core.pending and self._has_news():
@@ -636,6 +757,9 @@ class _Link:
                     raise NotSent(f"connection is draining ({core.draining})")
                 keys: List[int] = []
                 request = core.request
+                if window:
+                    def request(method: str, params: Any, waiter: Any, left: Optional[float], meta: Any) -> int:
+                        return core.request_stream(method, params, waiter, window, left, meta)
                 try:
                     left = _remaining(deadline)
                     for index, (method, params, meta) in enumerate(calls):
