@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, AsyncIterator
 
 from .errors import InvalidParams
 from .server import Server
@@ -30,3 +30,10 @@ async def sleep(seconds: float) -> float:
         raise InvalidParams("seconds must be a number from 0 to 60")
     await asyncio.sleep(seconds)
     return seconds
+
+
+@server.method
+async def count(n: int, start: int = 0) -> AsyncIterator[int]:
+    """Stream the ``n`` integers from ``start`` (a stream: call it with ``client.stream``)."""
+    for i in range(start, start + n):
+        yield i

@@ -614,6 +614,8 @@ class _Connection(asyncio.BufferedProtocol):
         # The peer shut down its write side: it is still owed the replies of
         # handlers in flight, so keep the connection open until they are sent.
         self._eof = True
+        for stream in self._core.streams.values():
+            stream.wake()  # one waiting for credit ends: none can come now
         self._flush()
         return bool(self._tasks)
 
@@ -903,6 +905,9 @@ class _Connection(asyncio.BufferedProtocol):
         try:
             while True:
                 if stream.credit <= 0 or self._writing_paused:  # type: ignore[union-attr]
+                    if self._eof and stream.credit <= 0:  # type: ignore[union-attr]  # the peer sends no more credit
+                        self._stopped[call] = _NO_REPLY
+                        raise asyncio.CancelledError
                     stream.waiter = self._loop.create_future()  # type: ignore[union-attr]
                     await stream.waiter  # type: ignore[union-attr]
                     burst = 0

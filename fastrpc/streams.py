@@ -12,7 +12,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Deque, Dict, Optional
 
 from .errors import CallTimeout, ProtocolError
-from .protocol import StreamEnd
+from .protocol import MAX_CREDIT, StreamEnd
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import Client, _ClientProtocol
@@ -62,8 +62,6 @@ class Stream:
 
     def __init__(self, client: "Client", method: str, params: Any, window: int, timeout: Optional[float],
                  meta: Optional[Dict[str, str]]) -> None:
-        if not 1 <= window <= 65536:
-            raise ValueError(f"a stream's window must be from 1 to 65536 items, got {window!r}")
         self._client = client
         self.method = method
         self._params = params
@@ -78,6 +76,8 @@ class Stream:
         self._states: Any = None  # the client's hooks' states, once told of the start
         self._over = False  # ended, failed or stopped: the server owes it nothing more
         self.sent: Optional[int] = None
+        if not 1 <= window <= MAX_CREDIT:  # checked last: __del__ reads the fields above
+            raise ValueError(f"a stream's window must be from 1 to {MAX_CREDIT} items, got {window!r}")
 
     def __aiter__(self) -> "Stream":
         return self
