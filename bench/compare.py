@@ -6,7 +6,9 @@ every server that speaks fastrpc's wire format; the peer's own async client
 for gRPC and msgpack-RPC; ``redis-benchmark`` for Redis). For every scenario
 and server: requests/s, the server's CPU per request (from /proc, all its
 threads, over exactly the measured requests), latency p50 and p99, errors.
-Then the client side: CPU per call of fastrpc's clients against grpc.aio's.
+Then the client side: CPU per call of fastrpc's clients against grpc.aio's;
+and server streaming (``bench/streams.py``): items/s and the server's CPU per
+item, fastrpc's ``count`` stream against grpc.aio's unary-stream call.
 
     python bench/compare.py            # the full set, about 10 minutes
     python bench/compare.py --quick    # a reduced set, under a minute
@@ -299,6 +301,34 @@ def measure_clients(specs: Dict[str, ServerSpec], batch: int, duration: float,
     return rows
 
 
+#: Server streaming: (server, bench/streams.py --kind).
+STREAMERS = [("fastrpc", "fastrpc"), ("grpc.aio", "grpc")]
+STREAMS = 4  # concurrent streams on one connection
+
+
+def measure_streams(specs: Dict[str, ServerSpec], items: int, log: Callable[[str], None]) -> List[Dict[str, Any]]:
+    rows = []
+    for server_name, kind in STREAMERS:
+        row: Dict[str, Any] = {"server": server_name, "streams": STREAMS}
+        try:
+            server = Running(specs[server_name])
+        except (RuntimeError, OSError) as exc:
+            row["failure"] = f"server did not start: {exc}"
+        else:
+            try:
+                row.update(run_driver([PY, "streams.py", "--kind", kind, "--host", HOST, "--port", str(server.port),
+                                       "--server-pid", str(server.process.pid), "--streams", str(STREAMS),
+                                       "--items", str(items)], timeout=600))
+            except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
+                row["failure"] = f"failed: {exc}"
+            finally:
+                server.stop()
+        log(f"  streams {server_name:<24} " + (row.get("failure") or f"{row['items_per_s']:>10,.0f} items/s  "
+                                                 f"{row['server_us_per_item']:.2f} us server CPU/item"))
+        rows.append(row)
+    return rows
+
+
 # -- the report ------------------------------------------------------------------------
 
 def _fmt(value: Optional[float], spec: str) -> str:
@@ -336,7 +366,8 @@ def machine_slug(info: Dict[str, str]) -> str:
 
 
 def render(outcomes: List[Outcome], clients: List[Dict[str, Any]], specs: List[ServerSpec],
-           scenarios: List[Scenario], info: Dict[str, str], command: str, settings: str) -> str:
+           scenarios: List[Scenario], info: Dict[str, str], command: str, settings: str,
+           streams: Sequence[Dict[str, Any]] = ()) -> str:
     by_key = {(o.server, o.scenario): o for o in outcomes}
     lines = [
         f"# fastrpc and its peers, {datetime.date.today().isoformat()}",
@@ -387,6 +418,19 @@ def render(outcomes: List[Outcome], clients: List[Dict[str, Any]], specs: List[S
             else:
                 lines.append(f"| {row['client']} | {row['server']} | {row['calls'] / row['seconds']:,.0f} "
                              f"| {_fmt(row['us_per_call'], '.2f')} | {_ratio(row['us_per_call'], ref)} |")
+    if streams:
+        lines += ["", "## Server streaming", "",
+                  f"One connection, {streams[0]['streams']} concurrent streams of the integers 0..N-1 (fastrpc: the demo's "
+                  "`count`, window 256; gRPC: a unary-stream call, each message one item's JSON), every item checked "
+                  "in order. CPU is the server process's over exactly those items.", "",
+                  "| server | items | items/s | server CPU µs/item | vs fastrpc |", "|---|--:|--:|--:|--:|"]
+        ref = streams[0].get("server_us_per_item")
+        for row in streams:
+            if "failure" in row:
+                lines.append(f"| {row['server']} | {row['failure']} | | | |")
+            else:
+                lines.append(f"| {row['server']} | {row['items']:,} | {row['items_per_s']:,.0f} "
+                             f"| {row['server_us_per_item']:.2f} | {_ratio(row['server_us_per_item'], ref)} |")
     lines += ["", "## Targets", ""] + targets(by_key, scenarios)
     return "\n".join(lines) + "\n"
 
@@ -504,10 +548,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         rounds.append(outcomes)
     outcomes = median_outcomes(rounds)
     by_name = {s.name: s for s in specs}
-    clients = []
+    clients: List[Dict[str, Any]] = []
+    streams: List[Dict[str, Any]] = []
     if REFERENCE in by_name:
         log("client side")
         clients = measure_clients({s.name: s for s in servers()}, 64, duration, log)
+        log("server streaming")
+        streams = measure_streams({s.name: s for s in servers()}, 5_000 if quick else 100_000, log)
 
     info = machine()
     if args.output is not None:
@@ -520,13 +567,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     stem = output / f"{datetime.date.today().isoformat()}-{machine_slug(info)}{'-quick' if quick else ''}"
     command = "python bench/compare.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     settings = f"{warmup:g} s warmup, {duration:g} s measured per run, {args.repeat} round(s)"
-    report = render(outcomes, clients, specs, scenarios, info, command, settings)
+    report = render(outcomes, clients, specs, scenarios, info, command, settings, streams)
     chart_note = chart(outcomes, specs, scenarios, stem.with_suffix(".png"))
     if chart_note.startswith("chart:"):
         report += f"\n![requests/s and CPU per request]({stem.with_suffix('.png').name})\n"
     stem.with_suffix(".md").write_text(report)
     stem.with_suffix(".json").write_text(json.dumps(
-        {"machine": info, "settings": settings, "outcomes": [o.__dict__ for o in outcomes], "clients": clients}, indent=1))
+        {"machine": info, "settings": settings, "outcomes": [o.__dict__ for o in outcomes], "clients": clients,
+         "streams": streams}, indent=1))
     sys.stdout.write(report)
     log(f"report: {stem.with_suffix('.md')}")
     if args.output is None and quick:

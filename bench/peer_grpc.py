@@ -30,7 +30,7 @@ import asyncio
 import os
 import signal
 import sys
-from typing import Any
+from typing import Any, AsyncIterator
 
 import orjson
 
@@ -46,6 +46,7 @@ from peer_load import NOTHING  # noqa: E402
 
 SERVICE = "fastrpc.bench.Peer"
 METHOD = f"/{SERVICE}/Call"
+COUNT_METHOD = f"/{SERVICE}/Count"  # server streaming, for bench/streams.py
 MAX_MESSAGE = 64 * 1024 * 1024
 OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)]
 OUT = {"ping": "pong", "echo": "echo"}
@@ -63,11 +64,16 @@ async def handle(request: bytes, context: "grpc.aio.ServicerContext") -> bytes:
     return orjson.dumps({"out": OUT[method], "result": body.get("params")})
 
 
+async def count(request: bytes, context: "grpc.aio.ServicerContext") -> AsyncIterator[bytes]:
+    """Stream the integers 0..n-1 of ``{"params": [n]}``, each message one item's JSON: fastrpc's ``count``."""
+    for i in range(orjson.loads(request)["params"][0]):
+        yield orjson.dumps({"item": i})
+
+
 async def serve(host: str, port: int) -> None:
     server = grpc.aio.server(options=OPTIONS)
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(SERVICE, {"Call": grpc.unary_unary_rpc_method_handler(handle)}),)
-    )
+    handlers = {"Call": grpc.unary_unary_rpc_method_handler(handle), "Count": grpc.unary_stream_rpc_method_handler(count)}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     stop = asyncio.Event()

@@ -1,0 +1,100 @@
+"""Server streaming, fastrpc against grpc.aio: items/s and the server's CPU per item.
+
+    python bench/streams.py --kind fastrpc --port P --server-pid PID [--streams 4 --items 200000]
+    python bench/streams.py --kind grpc --port P --server-pid PID
+
+Opens one connection (one gRPC channel), runs ``--streams`` concurrent streams of the integers
+0..N-1 (fastrpc: the demo's ``count``; gRPC: ``/fastrpc.bench.Peer/Count`` of bench/peer_grpc.py,
+each message the JSON of one item), checks every item in order, and prints one JSON report: items,
+seconds, the server's CPU seconds over exactly those items (from /proc). bench/compare.py runs it
+pinned to another CPU than the server's and puts the figures in its report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from typing import Any, Awaitable, Callable, Dict, List
+
+import orjson
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from procstat import cpu_seconds  # noqa: E402
+
+import fastrpc  # noqa: E402
+
+
+async def fastrpc_streams(host: str, port: int, streams: int, items: int, window: int) -> Callable[[], Awaitable[int]]:
+    client = await fastrpc.connect(host, port)
+
+    async def one(n: int) -> int:
+        expected = 0
+        async for item in client.stream("count", [n], window=window):
+            if item != expected:
+                raise ValueError(f"item {expected} was {item!r}")
+            expected += 1
+        return expected
+
+    async def run() -> int:
+        try:
+            counts = await asyncio.gather(*(one(items) for _ in range(streams)))
+        finally:
+            await client.close()
+        return sum(counts)
+
+    await client.call("ping")  # connected before the clock starts
+    return run
+
+
+async def grpc_streams(host: str, port: int, streams: int, items: int, window: int) -> Callable[[], Awaitable[int]]:
+    from peer_grpc import COUNT_METHOD, Connection
+
+    connection = Connection(host, port)
+    await connection.channel.channel_ready()
+    count = connection.channel.unary_stream(COUNT_METHOD)
+
+    async def one(n: int) -> int:
+        expected = 0
+        async for message in count(orjson.dumps({"in": "count", "params": [n]})):
+            item = orjson.loads(message)["item"]
+            if item != expected:
+                raise ValueError(f"item {expected} was {item!r}")
+            expected += 1
+        return expected
+
+    async def run() -> int:
+        try:
+            counts = await asyncio.gather(*(one(items) for _ in range(streams)))
+        finally:
+            await connection.channel.close()
+        return sum(counts)
+
+    return run
+
+
+async def main(args: argparse.Namespace) -> Dict[str, Any]:
+    opened = {"fastrpc": fastrpc_streams, "grpc": grpc_streams}[args.kind]
+    run = await opened(args.host, args.port, args.streams, args.items, args.window)
+    cpu = cpu_seconds(args.server_pid)
+    started = time.perf_counter()
+    total = await run()
+    seconds = time.perf_counter() - started
+    server_cpu = cpu_seconds(args.server_pid) - cpu
+    return {"kind": args.kind, "streams": args.streams, "items": total, "seconds": seconds,
+            "items_per_s": total / seconds, "server_cpu_s": server_cpu, "server_us_per_item": server_cpu / total * 1e6}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kind", choices=("fastrpc", "grpc"), required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--server-pid", type=int, required=True)
+    parser.add_argument("--streams", type=int, default=4)
+    parser.add_argument("--items", type=int, default=200_000, help="items per stream")
+    parser.add_argument("--window", type=int, default=256, help="fastrpc's credit window")
+    print(json.dumps(asyncio.run(main(parser.parse_args()))))
