@@ -917,8 +917,11 @@ def method_schema(func: Callable[..., Any]) -> Dict[str, Any]:
         for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     ]
     doc = inspect.getdoc(func) or ""
-    return {"params": params, "result": {"name": "result", "schema": type_schema(hints.get("return", Any))},
-            "summary": doc.strip().splitlines()[0] if doc.strip() else ""}
+    result = {"name": "result", "schema": type_schema(hints.get("return", Any))}
+    if inspect.isasyncgenfunction(func) or inspect.isgeneratorfunction(func):  # a stream: the schema of its items
+        items = typing.get_args(hints.get("return", Any))
+        result = {"name": "item", "schema": type_schema(items[0] if items else Any)}
+    return {"params": params, "result": result, "summary": doc.strip().splitlines()[0] if doc.strip() else ""}
 
 
 # -- decoding and encoding ----------------------------------------------------------------------------

@@ -40,6 +40,8 @@ def document(methods: Mapping[str, Any], title: str = "fastrpc service") -> Dict
             value = schema["params"][0]["schema"] if schema["params"] else {}
             entry["params"] = [{"name": "params", "required": False, "schema": value}]
             entry["x-raw-params"] = True
+        if method.stream:  # its result is the schema of each item it streams (docs/protocol.md section 12)
+            entry["x-stream"] = True
         described.append(entry)
     return {"openrpc": OPENRPC_VERSION, "info": {"title": title, "version": __version__}, "methods": described}
 
@@ -54,6 +56,8 @@ def format_document(doc: Mapping[str, Any]) -> str:
         params = ", ".join(_param(p, namer, hint) for p in method.get("params", ()))
         result = method.get("result") or {}
         returns = python_type(result.get("schema"), result.get("schema") or {}, namer, f"{hint}_result")
+        if method.get("x-stream"):
+            returns = f"stream of {returns}"
         summary = method.get("summary")
         lines.append(f"{method['name']}({params}) -> {returns}" + (f"\n    {summary}" if summary else ""))
     if namer.classes:

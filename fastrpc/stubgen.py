@@ -134,14 +134,14 @@ def generate(document: Mapping[str, Any], class_name: str = "Service", source: s
         result = method.get("result") or {}
         returns = python_type(result.get("schema"), result.get("schema") or {}, namer, f"{hint}Result")
         methods.append((attribute, name, params, returns, str(method.get("summary") or ""),
-                        bool(method.get("x-raw-params"))))
+                        bool(method.get("x-raw-params")), bool(method.get("x-stream"))))
     title = class_name
     lines = [
         f'"""Typed fastrpc clients{f" of {source}" if source else ""}, written by ``fastrpc stubgen``: do not edit."""',
         "",
         "from __future__ import annotations",
         "",
-        "from typing import Any, Dict, List, Literal, Optional, Tuple, TypedDict, Union",
+        "from typing import Any, AsyncIterator, Dict, Iterator, List, Literal, Optional, Tuple, TypedDict, Union",
         "",
         "import fastrpc",
         "",
@@ -161,12 +161,16 @@ def generate(document: Mapping[str, Any], class_name: str = "Service", source: s
             f"    def __init__(self, client: {base}) -> None:",
             "        self.client = client",
         ]
-        for attribute, name, params, returns, summary, raw in methods:
+        for attribute, name, params, returns, summary, raw, stream in methods:
             arguments = "".join(f", {arg}: {text}" + ("" if required else " = _OMITTED")
                                 for arg, _, required, text in params)
-            call = f"return {awaiting}self.client.call"
-            ignore = "" if returns == "Any" else "  # type: ignore[no-any-return]"  # call() returns Any
-            lines += ["", f"    {'async ' if awaiting else ''}def {attribute}(self{arguments}) -> {returns}:"]
+            if stream:  # the items, as the client's stream() gives them (an iterator of Any)
+                call, ignore, asynchronous = "return self.client.stream", "", False
+                returns = f"{'Async' if awaiting else ''}Iterator[{returns}]"
+            else:
+                call, asynchronous = f"return {awaiting}self.client.call", bool(awaiting)
+                ignore = "" if returns == "Any" else "  # type: ignore[no-any-return]"  # call() returns Any
+            lines += ["", f"    {'async ' if asynchronous else ''}def {attribute}(self{arguments}) -> {returns}:"]
             if summary:
                 lines.append(f"        {summary!r}")
             if raw:  # the params are the one value the handler takes

@@ -25,7 +25,7 @@ from .conftest import free_port, serving_in_thread
 APP = '''
 """A shop, typed."""
 import dataclasses
-from typing import List, Literal, Optional
+from typing import Iterator, List, Literal, Optional
 
 import fastrpc
 
@@ -57,6 +57,12 @@ def place(order: Order, priority: Literal["low", "high"] = "low") -> List[float]
 @app.method
 def anything(x, y=2):
     return [x, y]
+
+
+@app.method
+def countdown(start: int) -> Iterator[int]:
+    """Stream start, start - 1, ..., 1."""
+    yield from range(start, 0, -1)
 '''
 
 PACKAGE_ROOT = str(Path(fastrpc.__file__).resolve().parent.parent)
@@ -87,7 +93,7 @@ def test_the_document_describes_each_method_from_its_hints(tmp_path: Path) -> No
     doc = document(load_app(tmp_path).app.methods)
     assert doc["openrpc"] == "1.3.2" and doc["info"]["version"] == fastrpc.__version__
     methods = methods_by_name(doc)
-    assert sorted(methods) == ["add", "anything", "orders.place", "ping"]  # no rpc.* built-ins
+    assert sorted(methods) == ["add", "anything", "countdown", "orders.place", "ping"]  # no rpc.* built-ins
     add = methods["add"]
     assert add["summary"] == "Add two numbers."
     assert [(p["name"], p["required"], p["schema"]) for p in add["params"]] == [
@@ -104,6 +110,9 @@ def test_the_document_describes_each_method_from_its_hints(tmp_path: Path) -> No
     assert [(p["name"], p["required"], p["schema"]) for p in anything["params"]] == [("x", True, {}), ("y", False, {})]
     assert anything["result"]["schema"] == {} and "summary" not in anything
     assert methods["ping"]["x-raw-params"] is True
+    countdown = methods["countdown"]  # a stream: its result is the schema of each item
+    assert countdown["x-stream"] is True and countdown["result"] == {"name": "item", "schema": {"type": "integer"}}
+    assert "x-stream" not in add
 
 
 def test_rpc_discover_answers_the_document_and_can_be_turned_off(tmp_path: Path) -> None:
@@ -126,6 +135,7 @@ def test_describe_prints_signatures_and_json(tmp_path: Path) -> None:
     lines = shown.stdout.splitlines()
     assert "add(a: int, b: int) -> int" in lines and "    Add two numbers." in lines
     assert "anything(x: Any, y: Any = ...) -> Any" in lines
+    assert "countdown(start: int) -> stream of int" in lines
     assert any(line.startswith("orders.place(order: ") and line.endswith(", priority: Literal['low', 'high'] = ...) -> List[float]")
                for line in lines), lines
     assert "types:" in lines
@@ -162,11 +172,13 @@ async def use(client: fastrpc.Client) -> float:
     shop = ShopClient(client)
     total: int = await shop.add(1, 2)
     prices = await shop.orders_place({"sku": "a", "qty": total}, priority="high")
-    return prices[0]
+    async for left in shop.countdown(3):
+        total += left
+    return prices[0] + total
 
 
 def use_blocking(client: fastrpc.SyncClient) -> int:
-    return ShopSyncClient(client).add(2, 3)
+    return ShopSyncClient(client).add(2, 3) + sum(ShopSyncClient(client).countdown(3))
 '''
 
 BAD = '''
@@ -178,6 +190,8 @@ async def use(client: fastrpc.Client) -> None:
     shop = ShopClient(client)
     await shop.add("1", 2)
     await shop.orders_place({"sku": "a"}, priority="urgent")
+    async for left in shop.countdown(3):
+        name: str = left
 
 
 def use_blocking(client: fastrpc.SyncClient) -> str:
@@ -201,8 +215,9 @@ def test_stubgen_writes_clients_a_type_checker_holds_calls_to(tmp_path: Path) ->
     assert errors[1].startswith('Missing key "qty" for TypedDict'), bad.stdout
     assert errors[2] == ('Argument "priority" to "orders_place" of "ShopClient" has incompatible type "Literal[\'urgent\']"; '
                          'expected "Literal[\'low\', \'high\']"  [arg-type]'), bad.stdout
-    assert errors[3] == 'Incompatible return value type (got "int", expected "str")  [return-value]', bad.stdout
-    assert len(errors) == 4, bad.stdout
+    assert errors[3] == 'Incompatible types in assignment (expression has type "int", variable has type "str")  [assignment]', bad.stdout
+    assert errors[4] == 'Incompatible return value type (got "int", expected "str")  [return-value]', bad.stdout
+    assert len(errors) == 5, bad.stdout
 
 
 def test_generated_clients_call_the_server(tmp_path: Path) -> None:
@@ -219,16 +234,17 @@ def test_generated_clients_call_the_server(tmp_path: Path) -> None:
             assert shop.orders_place({"sku": "a", "qty": 4}) == [4.0, 0.0]
             assert shop.orders_place({"sku": "a", "qty": 4}, priority="high") == [4.0, 1.0]
             assert shop.anything(1) == [1, 2] and shop.ping() is None and shop.ping("x") == "x"
+            assert list(shop.countdown(3)) == [3, 2, 1]
 
         async def main() -> List[Any]:
             client = await fastrpc.connect("127.0.0.1", port, timeout=10)
             try:
                 shop = stubs.ShopClient(client)
-                return [await shop.add(1, 1), await shop.anything(1, y=5)]
+                return [await shop.add(1, 1), await shop.anything(1, y=5), [x async for x in shop.countdown(2)]]
             finally:
                 await client.close()
 
-        assert asyncio.run(main()) == [2, [1, 5]]
+        assert asyncio.run(main()) == [2, [1, 5], [2, 1]]
 
 
 def test_describe_output_names_the_object_types() -> None:
