@@ -490,3 +490,46 @@ def test_a_million_items_to_a_slow_consumer_in_bounded_memory() -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_server_killed_mid_stream(tmp_path: Path) -> None:
+    """A server that dies (SIGKILL) mid-stream: the consumer gets the items sent, then ConnectionClosed; both clients."""
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "fastrpc", "serve", "--port", str(port)], cwd=ROOT, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_listening(proc, port)
+        with fastrpc.SyncClient("127.0.0.1", port, timeout=30) as sync:
+            taken = 0
+            with pytest.raises(fastrpc.ConnectionClosed):
+                for item in sync.stream("count", [10**9]):
+                    assert item == taken
+                    taken += 1
+                    if taken == 1000:
+                        proc.kill()
+            assert taken >= 1000
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+    proc = subprocess.Popen([sys.executable, "-m", "fastrpc", "serve", "--port", str(port)], cwd=ROOT, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_listening(proc, port)
+
+        async def main() -> int:
+            taken = 0
+            async with fastrpc.connect("127.0.0.1", port, timeout=30) as client:
+                with pytest.raises(fastrpc.ConnectionClosed):
+                    async for item in client.stream("count", [10**9]):
+                        assert item == taken
+                        taken += 1
+                        if taken == 1000:
+                            proc.kill()
+            return taken
+
+        assert asyncio.run(main()) >= 1000
+    finally:
+        proc.kill()
+        proc.wait(10)
