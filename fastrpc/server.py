@@ -28,7 +28,7 @@ from .metrics import (MeteredMethods, meter, MetricsBindError, ServerMetrics, se
                       write_snapshot)
 from .middleware import HookedMethods, Middleware
 from .net import address_text, set_nodelay
-from .protocol import Call, Method, ServerConnection, encode_error, enter_metadata
+from .protocol import Call, Method, ServerConnection, Stream, encode_error, enter_metadata
 from .stats import CANCELLED, ServerStats
 
 __all__ = ["Server", "run", "new_event_loop", "remaining"]
@@ -825,7 +825,7 @@ class _Connection(asyncio.BufferedProtocol):
         """Run an async handler's call; True when no more may start (the core holds the next frames)."""
         tasks = self._tasks
         tasks[call] = self._loop.create_task(self._run(call))
-        if call.stream is None and self._in_flight() >= self._max_in_flight:
+        if len(tasks) - len(self._core.streams) >= self._max_in_flight and call.stream is None:  # _in_flight(), inline
             self._held = True
             self._update_reading()
             return True
@@ -898,33 +898,32 @@ class _Connection(asyncio.BufferedProtocol):
         """Send a streaming call's items while its client's credit lasts, waiting for more when it is used
         up (and while the peer does not read); returns how many were sent. The generator is closed
         however the stream ends: its ``finally`` runs on a cancel, a deadline, a shutdown, a lost peer."""
-        stream = call.stream
-        core = self._core
+        stream: Stream = call.stream  # type: ignore[assignment]
+        send = self._core.stream_item
         asynchronous = hasattr(items, "__anext__")
-        burst = 0
+        take = items.__anext__ if asynchronous else items.__next__
         try:
             while True:
-                if stream.credit <= 0 or self._writing_paused:  # type: ignore[union-attr]
-                    if self._eof and stream.credit <= 0:  # type: ignore[union-attr]  # the peer sends no more credit
+                credit = 0 if self._writing_paused else stream.credit
+                if credit <= 0:
+                    if self._eof and stream.credit <= 0:  # the peer sends no more credit
                         self._stopped[call] = _NO_REPLY
                         raise asyncio.CancelledError
-                    stream.waiter = self._loop.create_future()  # type: ignore[union-attr]
-                    await stream.waiter  # type: ignore[union-attr]
-                    burst = 0
+                    stream.waiter = self._loop.create_future()
+                    await stream.waiter
                     continue
-                if burst >= STREAM_BURST:
-                    await asyncio.sleep(0)  # the flush scheduled below runs, and the loop's other work
-                    burst = 0
-                    continue
-                try:
-                    item = await items.__anext__() if asynchronous else next(items)
-                except (StopAsyncIteration, StopIteration):
-                    return stream.sent  # type: ignore[union-attr]
-                core.stream_item(call, item)
-                burst += 1
+                # A burst: at most STREAM_BURST items in a row, then the loop runs (the writes go out).
+                for _ in range(credit if credit < STREAM_BURST else STREAM_BURST):
+                    try:
+                        item = await take() if asynchronous else take()
+                    except (StopAsyncIteration, StopIteration):
+                        return stream.sent
+                    send(call, item)
                 if not self._flush_scheduled:
                     self._flush_scheduled = True
                     self._loop.call_soon(self._flush)
+                if stream.credit > 0:
+                    await asyncio.sleep(0)
         finally:
             if asynchronous:
                 await items.aclose()
