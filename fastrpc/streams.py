@@ -11,7 +11,7 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING, Any, Deque, Dict, Optional
 
-from .errors import CallTimeout, ProtocolError
+from .errors import CallTimeout, ProtocolError, ShuttingDown
 from .protocol import MAX_CREDIT, StreamEnd
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -21,6 +21,8 @@ __all__ = ["DEFAULT_WINDOW", "Stream"]
 
 #: Items a stream's server may send ahead of its consumer: the most either side buffers.
 DEFAULT_WINDOW = 256
+#: Times a stream refused unrun by draining servers is sent again (a call's MAX_REFUSALS).
+MAX_REFUSALS = 3
 
 
 class StreamWaiter(asyncio.Future):  # type: ignore[type-arg]
@@ -73,6 +75,8 @@ class Stream:
         self._key = 0
         self._taken = 0  # items taken since credit was last granted
         self._timer: Optional[asyncio.TimerHandle] = None
+        self._deadline: Optional[float] = None
+        self._refusals = 0
         self._states: Any = None  # the client's hooks' states, once told of the start
         self._over = False  # ended, failed or stopped: the server owes it nothing more
         self.sent: Optional[int] = None
@@ -98,6 +102,9 @@ class Stream:
                     self._taken = 0
                 return items.popleft()
             if waiter.done():
+                if self._refused(waiter):  # by a draining server, unrun: sent again, elsewhere
+                    waiter = await self._send()
+                    continue
                 self._finish(waiter)  # raises
             wake = waiter.wake = self._client._loop.create_future()
             try:
@@ -109,27 +116,45 @@ class Stream:
     async def _start(self) -> StreamWaiter:
         client = self._client
         loop = client._loop
-        timeout = self._timeout
-        deadline = None if timeout is None else loop.time() + timeout
-        meta = self._meta
+        if self._timeout is not None:
+            self._deadline = loop.time() + self._timeout
+            self._timer = loop.call_at(self._deadline, self._expire)
         if client._hooks is not None:
-            meta, self._states = client._hooks.started(self.method, meta)
+            self._meta, self._states = client._hooks.started(self.method, self._meta)
+        return await self._send()
+
+    async def _send(self) -> StreamWaiter:
+        """Send the stream on a connection that takes calls, chosen as a call's would be."""
+        client = self._client
+        deadline = self._deadline
         try:
             link = client._link
             if link is None or not link.open:
-                _, link = await client._choose(deadline, self.method, timeout)
+                _, link = await client._choose(deadline, self.method, self._timeout)
             waiter = StreamWaiter()
-            left = None if deadline is None else max(deadline - loop.time(), 0.0)
-            self._key = link.core.request_stream(self.method, self._params, waiter, self._window, left, meta)
+            left = None if deadline is None else max(deadline - client._loop.time(), 0.0)
+            self._key = link.core.request_stream(self.method, self._params, waiter, self._window, left, self._meta)
         except BaseException as exc:
             self._stop(exc)
             raise
         self._link = link
         self._waiter = waiter
         link.schedule_flush()
-        if deadline is not None:
-            self._timer = loop.call_at(deadline, self._expire)
         return waiter
+
+    def _refused(self, waiter: StreamWaiter) -> bool:
+        """Whether the stream was refused unrun by a draining server and may be sent again: then its
+        connection takes no more calls (the drain notice may still be on its way)."""
+        if waiter.cancelled() or self._refusals >= MAX_REFUSALS:
+            return False
+        error = waiter.exception()
+        if not isinstance(error, ShuttingDown) or not error.never_ran:
+            return False
+        self._refusals += 1
+        self._link.drained("refused")  # type: ignore[union-attr]
+        if self._client._hooks is not None:
+            self._client._hooks.retried(self.method)
+        return True
 
     def _expire(self) -> None:
         self._timer = None

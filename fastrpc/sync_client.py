@@ -309,8 +309,11 @@ class SyncClient:
         if self._hooks is not None:
             meta, states = self._hooks.started(method, meta)
         error: Optional[BaseException] = None
+        refused: Optional[ShuttingDown] = None
         try:
-            for _ in range(len(self._endpoints.all) + MAX_REFUSALS):
+            for attempt in range(len(self._endpoints.all) + MAX_REFUSALS):
+                if attempt and self._hooks is not None:
+                    self._hooks.retried(method)
                 link = self._link
                 if link is None or not link.open:
                     _, link = self._choose(deadline, timeout)
@@ -318,7 +321,15 @@ class SyncClient:
                     batch, key = link.open_stream(method, params, meta, window, deadline)
                 except NotSent:  # it took no new calls (draining, lost): choose again
                     continue
-                return (yield from link.stream(batch, key, method, window, deadline, timeout))
+                try:
+                    return (yield from link.stream(batch, key, method, window, deadline, timeout))
+                except ShuttingDown as exc:  # refused unrun (no item came): sent again, elsewhere
+                    if not exc.never_ran:
+                        raise
+                    link.drained("refused")  # the notice may still be on its way
+                    refused = exc
+            if refused is not None:
+                raise refused
             raise ConnectionClosed(f"stream of {method!r} found no connection to send it on")
         except BaseException as exc:  # GeneratorExit too: the consumer stopped
             error = None if isinstance(exc, GeneratorExit) else exc

@@ -533,3 +533,60 @@ def test_a_server_killed_mid_stream(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait(10)
+
+
+@pytest.fixture
+def refusals_unnoticed(monkeypatch: pytest.MonkeyPatch) -> List[int]:
+    """Servers that send no drain notice (clients learn of a drain from refusals); counts the refusals."""
+    from fastrpc.protocol import Method, ServerConnection, _Refusing
+
+    monkeypatch.setattr(ServerConnection, "drain_notice", lambda self, reason: False)
+    count = [0]
+    refuse = _Refusing._method.func
+
+    def counted(params: Any) -> Any:
+        count[0] += 1
+        return refuse(params)
+
+    monkeypatch.setattr(_Refusing, "_method", Method("refused", counted, raw_params=True))
+    return count
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_a_stream_refused_unrun_by_a_draining_server_goes_elsewhere(kind: str, refusals_unnoticed: List[int]) -> None:
+    """Of two servers one drains (a long call holds it up) without telling its clients: the streams it
+    refuses unrun are sent to the other, and every stream is whole."""
+    async def main() -> None:
+        a, b = stream_server(Probe(), shutdown_grace=5.0), stream_server(Probe())
+        await a.start("127.0.0.1", 0)
+        await b.start("127.0.0.1", 0)
+        addresses = [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]
+        loop = asyncio.get_running_loop()
+        try:
+            async with fastrpc.connect(addresses, timeout=10) as client, \
+                    fastrpc.connect("127.0.0.1", a.port) as holder:
+                sync = await loop.run_in_executor(None, lambda: fastrpc.SyncClient(addresses, timeout=10))
+                try:
+                    for _ in range(20):  # connections to both servers
+                        await client.call("ping")
+                        await loop.run_in_executor(None, sync.call, "ping")
+                    held = asyncio.ensure_future(holder.call("nap", [1.0, "held"]))
+                    await asyncio.sleep(0.1)
+                    a.close()  # draining: new calls and streams are refused unrun
+                    for k in range(20):
+                        if kind == "async":
+                            got = [x async for x in client.stream("numbers", [k])]
+                        else:
+                            got = await loop.run_in_executor(None, lambda: list(sync.stream("numbers", [k])))
+                        assert got == list(range(k))
+                    assert refusals_unnoticed[0] >= 1  # some went to the draining server first
+                    assert await held == "held"
+                finally:
+                    sync.close()
+        finally:
+            a.close()
+            b.close()
+            await a.wait_closed()
+            await b.wait_closed()
+
+    asyncio.run(main())
