@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, AsyncIterator, Dict, Iterator, List, Optional, Tuple
 
 import orjson
 import pytest
@@ -335,3 +335,27 @@ def test_a_trace_through_two_servers_sync(spans: Spans) -> None:
     assert error_of(server_b) == (StatusCode.ERROR, "boom", "INTERNAL_ERROR", "INTERNAL_ERROR", ("RuntimeError",))
     internal = (StatusCode.ERROR, "internal error in 'fail': RuntimeError", "INTERNAL_ERROR", "INTERNAL_ERROR", ())
     assert [error_of(span) for span in chain[1:4]] == [internal] * 3  # B's error, raised on by A to its caller
+
+
+def test_a_stream_is_one_span_each_side_with_its_context_in_the_generator(run: Any, spans: Spans) -> None:
+    """A stream (docs/protocol.md section 12): one client span and one server span, its child, for the whole
+    stream; the server span is current in the generator, between its items too."""
+    async def main() -> List[List[str]]:
+        server = traced_server(spans)
+
+        @server.method
+        async def traced_items(n: int) -> AsyncIterator[List[str]]:
+            for _ in range(n):
+                yield seen_from_handler(spans)
+                await asyncio.sleep(0)
+
+        async with serving(server) as port, \
+                fastrpc.connect("127.0.0.1", port, hooks=[ClientTracing(spans.provider)]) as client:
+            return [item async for item in client.stream("traced_items", [3])]
+
+    items = run(main())
+    server_span = spans.one("traced_items", SpanKind.SERVER)
+    client_span = spans.one("traced_items", SpanKind.CLIENT)
+    assert server_span.parent is not None and server_span.parent.span_id == client_span.context.span_id
+    assert {item[0] for item in items} == {f"{server_span.context.span_id:016x}"}  # current in each step
+    assert server_span.status.status_code is StatusCode.UNSET
