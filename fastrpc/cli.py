@@ -220,6 +220,10 @@ def _call(args: argparse.Namespace) -> int:
         token = read_tokens(args.token_file)[0] if args.token_file is not None else None
         with SyncClient(host, port, timeout=args.timeout, connect_timeout=args.timeout, token=token,
                         ssl=_client_tls(args)) as client:
+            if args.stream:  # each item on its own line, as it comes
+                for item in client.stream(args.method, args.params, meta=meta):
+                    print(orjson.dumps(item).decode(), flush=True)
+                return 0
             result = client.call(args.method, args.params, meta=meta)
     except CallTimeout as exc:  # first: DeadlineExceeded (the server's timeout) is one too
         print(f"fastrpc: {exc}", file=sys.stderr)
@@ -380,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
 
     call = commands.add_parser(
-        "call", help="call a method and print its result as JSON",
+        "call", help="call a method and print its result as JSON (--stream: a stream's items, one per line)",
         epilog=f"exit status: 0 success, {EXIT_REMOTE_ERROR} remote error, {EXIT_USAGE} usage error, "
                f"{EXIT_CONNECTION} connection failed or lost, {EXIT_TIMEOUT} timeout",
     )
@@ -388,7 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("method")
     call.add_argument("params", nargs="?", type=parse_json, default=ABSENT, metavar="PARAMS_JSON",
                       help="the params as JSON: a list for positional arguments, an object for keywords")
-    call.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds (default 10)")
+    call.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                      help="seconds (default 10), for a stream the whole stream's")
+    call.add_argument("--stream", action="store_true",
+                      help="call a streaming method: print each item as a JSON line as it comes")
     call.add_argument("--meta", type=parse_meta, action="append", default=[], metavar="KEY=VALUE",
                       help="call metadata (repeatable), read by handlers registered with metadata=True")
     call.add_argument("--token-file", metavar="PATH", help="authenticate with the first token in PATH")

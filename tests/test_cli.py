@@ -211,6 +211,13 @@ def test_call_prints_the_result(demo_port: int) -> None:
     assert (out.returncode, out.stdout) == (0, "null\n")
 
 
+def test_call_prints_a_streams_items(demo_port: int) -> None:
+    out = fastrpc_call(f"127.0.0.1:{demo_port}", "count", "[3, 5]", "--stream")
+    assert (out.returncode, out.stdout, out.stderr) == (0, "5\n6\n7\n", "")
+    out = fastrpc_call(f"127.0.0.1:{demo_port}", "count", "[3]")  # a stream called as a call: told why not
+    assert out.returncode == 1 and "-32600" in out.stderr and "'count' streams its result" in out.stderr
+
+
 def test_call_remote_error(demo_port: int) -> None:
     out = fastrpc_call(f"127.0.0.1:{demo_port}", "nope")
     assert out.returncode == 1 and out.stdout == ""
