@@ -346,9 +346,10 @@ class _RarerPaths:
             return ErrorCode.SERVER_BUSY, f"server busy: {len(self.streams)} streams are open on this connection"
         return None
 
-    def stream_item(self, call: Call, item: Any) -> None:
-        """Queue one item of a streaming call (its credit is the caller's to check). RemoteError (the
-        stream ends with it) for an item that cannot be encoded or would exceed the frame size."""
+    def stream_item(self, call: Call, item: Any) -> int:
+        """Queue one item of a streaming call (its credit is the caller's to check); returns its frame's
+        size. RemoteError (the stream ends with it) for an item that cannot be encoded or would exceed
+        the frame size."""
         stream: Stream = call.stream  # type: ignore[assignment]
         try:
             encoded = _dumps(item)
@@ -368,6 +369,7 @@ class _RarerPaths:
         self._send(body)  # type: ignore[attr-defined]
         stream.sent += 1
         stream.credit -= 1
+        return len(body)
 
     def close_stream(self, call: Call) -> None:
         """A streaming call ended (answered, cancelled, or its connection gone): forget it."""

@@ -71,9 +71,10 @@ SNAPSHOT_INTERVAL = 0.5
 #: Handler failures logged per method and second; more are counted, and the count logged.
 FAILURES_LOGGED_PER_SECOND = 5
 
-#: Items a stream sends in a row before it lets the loop run (its writes go out, other calls run),
-#: however much credit it holds: what one stream adds to a connection's output between writes.
+#: Items, and bytes, a stream sends in a row before it lets the loop run (its writes go out, other
+#: calls run), however much credit it holds: what one stream adds to a connection's output between writes.
 STREAM_BURST = 64
+STREAM_BURST_BYTES = 256 * 1024
 
 # The states of a connection (see _Connection).
 OPEN, DRAINING, ENDING, CLOSED = "open", "draining", "ending", "closed"
@@ -912,13 +913,16 @@ class _Connection(asyncio.BufferedProtocol):
                     stream.waiter = self._loop.create_future()
                     await stream.waiter
                     continue
-                # A burst: at most STREAM_BURST items in a row, then the loop runs (the writes go out).
+                # A burst: at most STREAM_BURST items or STREAM_BURST_BYTES in a row, then the loop runs.
+                queued = 0
                 for _ in range(credit if credit < STREAM_BURST else STREAM_BURST):
                     try:
                         item = await take() if asynchronous else take()
                     except (StopAsyncIteration, StopIteration):
                         return stream.sent
-                    send(call, item)
+                    queued += send(call, item)
+                    if queued >= STREAM_BURST_BYTES:
+                        break
                 if not self._flush_scheduled:
                     self._flush_scheduled = True
                     self._loop.call_soon(self._flush)

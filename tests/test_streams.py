@@ -590,3 +590,24 @@ def test_a_stream_refused_unrun_by_a_draining_server_goes_elsewhere(kind: str, r
             await b.wait_closed()
 
     asyncio.run(main())
+
+
+def test_large_items_go_out_as_they_are_made(run: Any) -> None:
+    """Items of 1 MiB with a large window: the server writes them a few at a time (a burst is bounded in
+    bytes as well as items), and the peer's reading paces it; every item arrives whole."""
+    async def main() -> None:
+        server = demo_server()
+
+        @server.method
+        async def blobs(n: int) -> AsyncIterator[str]:
+            for i in range(n):
+                yield str(i % 10) * (1 << 20)
+
+        async with serving(server) as port, fastrpc.connect("127.0.0.1", port) as client:
+            got = 0
+            async for blob in client.stream("blobs", [40], window=1000):
+                assert blob == str(got % 10) * (1 << 20)
+                got += 1
+            assert got == 40
+
+    run(main())
