@@ -277,24 +277,32 @@ CLIENTS = [
 ]
 
 
+def on_server(spec: ServerSpec, row: Dict[str, Any], command: Callable[[Running], List[str]], timeout: float) -> None:
+    """Start ``spec``, run a driver (``command`` of the running server) against it, stop it: the driver's
+    figures go into ``row``, or ``row["failure"]`` says why there are none."""
+    try:
+        server = Running(spec)
+    except (RuntimeError, OSError) as exc:
+        row["failure"] = f"server did not start: {exc}"
+        return
+    try:
+        row.update(run_driver(command(server), timeout=timeout))
+    except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
+        row["failure"] = f"failed: {exc}"
+    finally:
+        server.stop()
+
+
 def measure_clients(specs: Dict[str, ServerSpec], batch: int, duration: float,
                     log: Callable[[str], None]) -> List[Dict[str, Any]]:
     rows = []
     for name, server_name, command in CLIENTS:
         row: Dict[str, Any] = {"client": name, "server": server_name, "batch": batch}
-        try:
-            server = Running(specs[server_name])
-        except (RuntimeError, OSError) as exc:
-            row["failure"] = f"server did not start: {exc}"
-        else:
-            try:
-                result = run_driver([PY, *command, "--host", HOST, "--port", str(server.port), "--batch", str(batch),
-                                     "--duration", str(duration)], timeout=duration + 120)
-                row.update(result, us_per_call=result["client_cpu_s"] / result["calls"] * 1e6 if result["calls"] else None)
-            except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
-                row["failure"] = f"failed: {exc}"
-            finally:
-                server.stop()
+        on_server(specs[server_name], row, lambda server: [PY, *command, "--host", HOST, "--port", str(server.port),
+                                                           "--batch", str(batch), "--duration", str(duration)],
+                  duration + 120)
+        if "failure" not in row:
+            row["us_per_call"] = row["client_cpu_s"] / row["calls"] * 1e6 if row["calls"] else None
         log(f"  {name:<32} " + (row.get("failure") or f"{row['calls'] / row['seconds']:>10,.0f} calls/s  "
                                  f"{_fmt(row['us_per_call'], '.2f')} us CPU/call"))
         rows.append(row)
@@ -310,19 +318,9 @@ def measure_streams(specs: Dict[str, ServerSpec], items: int, log: Callable[[str
     rows = []
     for server_name, kind in STREAMERS:
         row: Dict[str, Any] = {"server": server_name, "streams": STREAMS}
-        try:
-            server = Running(specs[server_name])
-        except (RuntimeError, OSError) as exc:
-            row["failure"] = f"server did not start: {exc}"
-        else:
-            try:
-                row.update(run_driver([PY, "streams.py", "--kind", kind, "--host", HOST, "--port", str(server.port),
-                                       "--server-pid", str(server.process.pid), "--streams", str(STREAMS),
-                                       "--items", str(items)], timeout=600))
-            except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
-                row["failure"] = f"failed: {exc}"
-            finally:
-                server.stop()
+        on_server(specs[server_name], row, lambda server: [
+            PY, "streams.py", "--kind", kind, "--host", HOST, "--port", str(server.port), "--server-pid",
+            str(server.process.pid), "--streams", str(STREAMS), "--items", str(items)], 600)
         log(f"  streams {server_name:<24} " + (row.get("failure") or f"{row['items_per_s']:>10,.0f} items/s  "
                                                  f"{row['server_us_per_item']:.2f} us server CPU/item"))
         rows.append(row)

@@ -18,7 +18,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Awaitable, Callable, Dict, List
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Tuple
 
 import orjson
 
@@ -28,60 +28,48 @@ from procstat import cpu_seconds  # noqa: E402
 import fastrpc  # noqa: E402
 
 
-async def fastrpc_streams(host: str, port: int, streams: int, items: int, window: int) -> Callable[[], Awaitable[int]]:
+Opened = Tuple[Callable[[int], AsyncIterator[int]], Callable[[], Awaitable[None]]]  # (stream of n, close)
+
+
+async def fastrpc_streams(host: str, port: int, window: int) -> Opened:
     client = await fastrpc.connect(host, port)
-
-    async def one(n: int) -> int:
-        expected = 0
-        async for item in client.stream("count", [n], window=window):
-            if item != expected:
-                raise ValueError(f"item {expected} was {item!r}")
-            expected += 1
-        return expected
-
-    async def run() -> int:
-        try:
-            counts = await asyncio.gather(*(one(items) for _ in range(streams)))
-        finally:
-            await client.close()
-        return sum(counts)
-
     await client.call("ping")  # connected before the clock starts
-    return run
+    return (lambda n: client.stream("count", [n], window=window)), client.close
 
 
-async def grpc_streams(host: str, port: int, streams: int, items: int, window: int) -> Callable[[], Awaitable[int]]:
+async def grpc_streams(host: str, port: int, window: int) -> Opened:
     from peer_grpc import COUNT_METHOD, Connection
 
     connection = Connection(host, port)
     await connection.channel.channel_ready()
     count = connection.channel.unary_stream(COUNT_METHOD)
 
-    async def one(n: int) -> int:
-        expected = 0
+    async def items(n: int) -> AsyncIterator[int]:
         async for message in count(orjson.dumps({"in": "count", "params": [n]})):
-            item = orjson.loads(message)["item"]
-            if item != expected:
-                raise ValueError(f"item {expected} was {item!r}")
-            expected += 1
-        return expected
+            yield orjson.loads(message)["item"]
 
-    async def run() -> int:
-        try:
-            counts = await asyncio.gather(*(one(items) for _ in range(streams)))
-        finally:
-            await connection.channel.close()
-        return sum(counts)
+    return items, connection.channel.close
 
-    return run
+
+async def checked(items: AsyncIterator[int]) -> int:
+    """How many items came: 0, 1, 2... in order, else ValueError."""
+    expected = 0
+    async for item in items:
+        if item != expected:
+            raise ValueError(f"item {expected} was {item!r}")
+        expected += 1
+    return expected
 
 
 async def main(args: argparse.Namespace) -> Dict[str, Any]:
     opened = {"fastrpc": fastrpc_streams, "grpc": grpc_streams}[args.kind]
-    run = await opened(args.host, args.port, args.streams, args.items, args.window)
+    stream, close = await opened(args.host, args.port, args.window)
     cpu = cpu_seconds(args.server_pid)
     started = time.perf_counter()
-    total = await run()
+    try:
+        total = sum(await asyncio.gather(*(checked(stream(args.items)) for _ in range(args.streams))))
+    finally:
+        await close()
     seconds = time.perf_counter() - started
     server_cpu = cpu_seconds(args.server_pid) - cpu
     return {"kind": args.kind, "streams": args.streams, "items": total, "seconds": seconds,

@@ -767,10 +767,11 @@ class _Link:
                 if calls and core.draining is not None:
                     raise NotSent(f"connection is draining ({core.draining})")
                 keys: List[int] = []
-                request = core.request
                 if window:
                     def request(method: str, params: Any, waiter: Any, left: Optional[float], meta: Any) -> int:
                         return core.request_stream(method, params, waiter, window, left, meta)
+                else:
+                    request = core.request
                 try:
                     left = _remaining(deadline)
                     for index, (method, params, meta) in enumerate(calls):

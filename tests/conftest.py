@@ -20,6 +20,7 @@ import pytest
 
 import fastrpc
 from fastrpc import _client_core_py, _framing_py, _server_core_py, framing, protocol
+from fastrpc.protocol import Method, ServerConnection, _Refusing
 from fastrpc.server import BUILTIN_PREFIX, new_event_loop
 
 try:
@@ -319,3 +320,26 @@ def serve(args: List[str], cwd: Path) -> Iterator["subprocess.Popen[str]"]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+
+
+# -- servers that drain as older ones did ----------------------------------------------------------
+
+@pytest.fixture
+def no_notices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Servers that send no drain notice, as one written before notices: clients learn of a drain from
+    the -32002 {"started": false} refusals and the connection's close."""
+    monkeypatch.setattr(ServerConnection, "drain_notice", lambda self, reason: False)
+
+
+@pytest.fixture
+def refusals(monkeypatch: pytest.MonkeyPatch) -> List[int]:
+    """Counts the calls draining servers refused unrun (-32002 {"started": false})."""
+    count = [0]
+    refuse = _Refusing._method.func
+
+    def counted(params: Any) -> Any:
+        count[0] += 1
+        return refuse(params)
+
+    monkeypatch.setattr(_Refusing, "_method", Method("refused", counted, raw_params=True))
+    return count

@@ -29,7 +29,6 @@ import fastrpc
 from fastrpc import client as async_client_module
 from fastrpc import endpoints as endpoints_module
 from fastrpc import sync_client as sync_client_module
-from fastrpc.protocol import Method, ServerConnection, _Refusing
 from fastrpc.server import new_event_loop
 
 #: Seconds any one wait may take before the test fails (a bound against hangs, not a measure).
@@ -261,27 +260,6 @@ def ran_once(load: Load, servers: List[Named]) -> None:
     assert sorted(ran) == sorted(load.sent)
     twice = [tag for tag, times in ran.items() if times != 1]
     assert not twice, f"ran more than once: {twice[:5]}"
-
-
-@pytest.fixture
-def no_notices(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Servers that send no drain notice, as one written before notices: clients learn of a drain from
-    the -32002 {"started": false} refusals and the connection's close."""
-    monkeypatch.setattr(ServerConnection, "drain_notice", lambda self, reason: False)
-
-
-@pytest.fixture
-def refusals(monkeypatch: pytest.MonkeyPatch) -> List[int]:
-    """Counts the calls draining servers refused unrun (-32002 {"started": false})."""
-    count = [0]
-    refuse = _Refusing._method.func
-
-    def counted(params: Any) -> Any:
-        count[0] += 1
-        return refuse(params)
-
-    monkeypatch.setattr(_Refusing, "_method", Method("refused", counted, raw_params=True))
-    return count
 
 
 # -- 1, 2: spreading calls ------------------------------------------------------------------------

@@ -535,25 +535,9 @@ def test_a_server_killed_mid_stream(tmp_path: Path) -> None:
         proc.wait(10)
 
 
-@pytest.fixture
-def refusals_unnoticed(monkeypatch: pytest.MonkeyPatch) -> List[int]:
-    """Servers that send no drain notice (clients learn of a drain from refusals); counts the refusals."""
-    from fastrpc.protocol import Method, ServerConnection, _Refusing
-
-    monkeypatch.setattr(ServerConnection, "drain_notice", lambda self, reason: False)
-    count = [0]
-    refuse = _Refusing._method.func
-
-    def counted(params: Any) -> Any:
-        count[0] += 1
-        return refuse(params)
-
-    monkeypatch.setattr(_Refusing, "_method", Method("refused", counted, raw_params=True))
-    return count
-
-
+@pytest.mark.usefixtures("no_notices")
 @pytest.mark.parametrize("kind", ["async", "sync"])
-def test_a_stream_refused_unrun_by_a_draining_server_goes_elsewhere(kind: str, refusals_unnoticed: List[int]) -> None:
+def test_a_stream_refused_unrun_by_a_draining_server_goes_elsewhere(kind: str, refusals: List[int]) -> None:
     """Of two servers one drains (a long call holds it up) without telling its clients: the streams it
     refuses unrun are sent to the other, and every stream is whole."""
     async def main() -> None:
@@ -579,7 +563,7 @@ def test_a_stream_refused_unrun_by_a_draining_server_goes_elsewhere(kind: str, r
                         else:
                             got = await loop.run_in_executor(None, lambda: list(sync.stream("numbers", [k])))
                         assert got == list(range(k))
-                    assert refusals_unnoticed[0] >= 1  # some went to the draining server first
+                    assert refusals[0] >= 1  # some went to the draining server first
                     assert await held == "held"
                 finally:
                     sync.close()
