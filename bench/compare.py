@@ -421,14 +421,16 @@ def render(outcomes: List[Outcome], clients: List[Dict[str, Any]], specs: List[S
                   f"One connection, {streams[0]['streams']} concurrent streams of the integers 0..N-1 (fastrpc: the demo's "
                   "`count`, window 256; gRPC: a unary-stream call, each message one item's JSON), every item checked "
                   "in order. CPU is the server process's over exactly those items.", "",
-                  "| server | items | items/s | server CPU µs/item | vs fastrpc |", "|---|--:|--:|--:|--:|"]
+                  "| server | items | items/s | server CPU µs/item | vs fastrpc | client CPU µs/item |",
+                  "|---|--:|--:|--:|--:|--:|"]
         ref = streams[0].get("server_us_per_item")
         for row in streams:
             if "failure" in row:
-                lines.append(f"| {row['server']} | {row['failure']} | | | |")
+                lines.append(f"| {row['server']} | {row['failure']} | | | | |")
             else:
                 lines.append(f"| {row['server']} | {row['items']:,} | {row['items_per_s']:,.0f} "
-                             f"| {row['server_us_per_item']:.2f} | {_ratio(row['server_us_per_item'], ref)} |")
+                             f"| {row['server_us_per_item']:.2f} | {_ratio(row['server_us_per_item'], ref)} "
+                             f"| {row['client_us_per_item']:.2f} |")
     lines += ["", "## Targets", ""] + targets(by_key, scenarios)
     return "\n".join(lines) + "\n"
 

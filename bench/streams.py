@@ -6,8 +6,8 @@
 Opens one connection (one gRPC channel), runs ``--streams`` concurrent streams of the integers
 0..N-1 (fastrpc: the demo's ``count``; gRPC: ``/fastrpc.bench.Peer/Count`` of bench/peer_grpc.py,
 each message the JSON of one item), checks every item in order, and prints one JSON report: items,
-seconds, the server's CPU seconds over exactly those items (from /proc). bench/compare.py runs it
-pinned to another CPU than the server's and puts the figures in its report.
+seconds, the server's CPU seconds over exactly those items (from /proc) and this client's own CPU per
+item. bench/compare.py runs it pinned to another CPU than the server's and puts the figures in its report.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import sys
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Tuple
@@ -65,6 +66,7 @@ async def main(args: argparse.Namespace) -> Dict[str, Any]:
     opened = {"fastrpc": fastrpc_streams, "grpc": grpc_streams}[args.kind]
     stream, close = await opened(args.host, args.port, args.window)
     cpu = cpu_seconds(args.server_pid)
+    own = _own_cpu()
     started = time.perf_counter()
     try:
         total = sum(await asyncio.gather(*(checked(stream(args.items)) for _ in range(args.streams))))
@@ -72,8 +74,15 @@ async def main(args: argparse.Namespace) -> Dict[str, Any]:
         await close()
     seconds = time.perf_counter() - started
     server_cpu = cpu_seconds(args.server_pid) - cpu
+    client_cpu = _own_cpu() - own
     return {"kind": args.kind, "streams": args.streams, "items": total, "seconds": seconds,
-            "items_per_s": total / seconds, "server_cpu_s": server_cpu, "server_us_per_item": server_cpu / total * 1e6}
+            "items_per_s": total / seconds, "server_cpu_s": server_cpu, "server_us_per_item": server_cpu / total * 1e6,
+            "client_us_per_item": client_cpu / total * 1e6}
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 if __name__ == "__main__":
