@@ -99,6 +99,7 @@ cdef class ClientCore:
     cdef readonly object _order
     cdef public object _deliver
     cdef public object _resolve
+    cdef public object _on_item
     cdef long long _last_key
     cdef dict _prefixes  # method name -> b'{"in":"name"'
     cdef list _one  # [params] while they are encoded: orjson nests them one level deep, as in the request
@@ -280,8 +281,14 @@ cdef class ClientCore:
             out = PyDict_GetItemWithError(reply, "out") if item is not NULL else NULL
             if item is not NULL and (out is NULL or <object>out != "error"):  # a success, by read_reply's rule
                 self._resolve(waiter, <object>item)
-            else:
-                self._other(rid, waiter, reply)
+                continue
+            item = PyDict_GetItemWithError(reply, "item")
+            if item is not NULL and self._on_item is not None and PyDict_GetItemWithError(reply, "out") is NULL:
+                PyDict_SetItem(waiters, rid, waiter)  # a stream's item: the stream stays pending
+                if self._on_item(waiter, <object>item):
+                    continue
+                PyDict_DelItem(waiters, rid)
+            self._other(rid, waiter, reply)
 
 
 @cython.boundscheck(True)  # IndexError for a short list, as the twin raises

@@ -38,7 +38,9 @@ class ClientCore:
     error), ``_other(rid, waiter, reply)`` (a reply that is not a success: a failure, or a
     stream's item or end) and ``_not_a_reply(body)`` (the error for a frame that is not a JSON
     object). It sets ``_deliver(waiter, result, error)`` and ``_resolve(waiter, result)``, which
-    outcomes are handed to: a success to ``_resolve``, a failure to ``_deliver``.
+    outcomes are handed to: a success to ``_resolve``, a failure to ``_deliver``; and
+    ``_on_item(waiter, item)``, which a stream's items go to (it says whether ``waiter`` is a
+    stream's, which then stays pending).
     """
 
     def __init__(self, max_frame_size: int, ids: bool) -> None:
@@ -53,6 +55,7 @@ class ClientCore:
         self._out: List[bytes] = []
         self._deliver: Any = None
         self._resolve: Any = None
+        self._on_item: Any = None
 
     def request(self, method: str, params: Any, waiter: Any, deadline: Optional[float] = None,
                 meta: Optional[Mapping[str, str]] = None) -> int:
@@ -118,8 +121,13 @@ class ClientCore:
                 continue
             if "result" in reply and reply.get("out") != "error":  # a success, by read_reply's rule
                 resolve(waiter, reply["result"])
-            else:
-                self._other(rid, waiter, reply)  # type: ignore[attr-defined]
+                continue
+            if "item" in reply and self._on_item is not None and "out" not in reply:
+                self.waiters[rid] = waiter  # a stream's item: the stream stays pending
+                if self._on_item(waiter, reply["item"]):
+                    continue
+                del self.waiters[rid]
+            self._other(rid, waiter, reply)  # type: ignore[attr-defined]
 
 
 

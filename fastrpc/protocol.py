@@ -735,16 +735,10 @@ class _ClientRarerPaths:
     _not_a_reply = staticmethod(_not_a_reply)
 
     def _other(self, rid: Any, waiter: Any, reply: Dict[str, Any]) -> None:
-        """A reply to ``waiter`` (taken from the pending calls) that is not a success: a stream's item
-        (the stream stays pending) or end, or a failure."""
-        if "out" not in reply and self._on_item is not None:
-            if "item" in reply:
-                self.waiters[rid] = waiter  # type: ignore[attr-defined]
-                if self._on_item(waiter, reply["item"]):
-                    return
-                del self.waiters[rid]  # type: ignore[attr-defined]
-            elif "end" in reply:
-                return self._resolve(waiter, StreamEnd(reply["end"]))  # type: ignore[attr-defined,no-any-return]
+        """A reply to ``waiter`` (taken from the pending calls) that is neither a success nor a stream's
+        item (the core hands those to ``_on_item``): a stream's end, or a failure."""
+        if "end" in reply and "out" not in reply and self._on_item is not None:
+            return self._resolve(waiter, StreamEnd(reply["end"]))  # type: ignore[attr-defined,no-any-return]
         self._deliver(waiter, None, _failure(reply))  # type: ignore[attr-defined]
 
     def _unmatched(self, reply: Dict[str, Any]) -> None:

@@ -50,7 +50,8 @@ def on_item(waiter: Any, item: Any) -> bool:
     if type(waiter) is not StreamWaiter:
         return False
     waiter.items.append(item)
-    _wake(waiter)
+    if waiter.wake is not None:
+        _wake(waiter)
     return True
 
 
