@@ -11,6 +11,7 @@ class ClientCore:
     _order: deque[int]
     _deliver: Any
     _resolve: Any
+    _on_item: Any
     def __init__(self, max_frame_size: int, ids: bool) -> None: ...
     def _next_key(self) -> int: ...
     def request(self, method: str, params: Any, waiter: Any, deadline: Optional[float] = None,
