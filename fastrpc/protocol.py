@@ -321,7 +321,7 @@ class _RarerPaths:
                 coro.close()  # never run
                 self._reply(rid, self._error(method, problem[0], problem[1], None, rid))
                 return False
-            stream = self.streams[rid] = Stream(request["credit"], rid)  # type: ignore[index]
+            stream = self.streams[rid] = Stream(request["credit"], rid)  # type: ignore[index,arg-type]  # rid is not None
         slot: Optional[List[Optional[bytes]]] = None
         if rid is None:
             slot = [None]
@@ -446,7 +446,7 @@ class _RarerPaths:
     def complete(self, call: Call, result: Any) -> None:
         """An async handler returned ``result`` (a stream: the count of items it sent, in its end frame)."""
         if call.stream is not None:
-            self._send(b'{"end": %d%s' % (call.stream.sent, call.stream.suffix))
+            self._send(b'{"end": %d%s' % (call.stream.sent, call.stream.suffix))  # type: ignore[attr-defined]
             return
         self._settle(call, self._result_body(call.method, result, call.id))
 

@@ -124,9 +124,9 @@ class Server:
         max_streams: int = 1024,
     ) -> None:
         self.max_frame_size = check_max_frame_size(max_frame_size)
-        for name, value in (("max_in_flight", max_in_flight), ("max_streams", max_streams)):
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value!r}")
+        for name, limit in (("max_in_flight", max_in_flight), ("max_streams", max_streams)):
+            if limit < 1:
+                raise ValueError(f"{name} must be at least 1, got {limit!r}")
         if max_connections is not None and max_connections < 1:
             raise ValueError(f"max_connections must be at least 1 (or None: no limit), got {max_connections!r}")
         for name, value in (("idle_timeout", idle_timeout), ("frame_timeout", frame_timeout)):

@@ -767,6 +767,7 @@ class _Link:
                 if calls and core.draining is not None:
                     raise NotSent(f"connection is draining ({core.draining})")
                 keys: List[int] = []
+                request: Callable[..., int]
                 if window:
                     def request(method: str, params: Any, waiter: Any, left: Optional[float], meta: Any) -> int:
                         return core.request_stream(method, params, waiter, window, left, meta)
