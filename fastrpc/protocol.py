@@ -32,6 +32,7 @@ from .errors import (
 from .absent import ABSENT
 from .contracts import Contract, encode_default
 from .framing import ClientCore, MethodCore, ServerCore
+from .refusal import error_head
 from .limits import DEFAULT_MAX_FRAME_SIZE, META_MAX_BYTES, META_MAX_ENTRIES, PROBE_LENGTH, PROBE_REPLY
 
 __all__ = [
@@ -50,7 +51,6 @@ Id = Union[int, str]
 # {"in": "ping", "params": "sha params"} gets the same bytes the seed's
 # server sends: {"out": "pong", "result": "sha params"}.
 _ID_PART = b', "id": '
-_ERROR_PREFIX = b'{"out": "error", "error": '
 _ID_TYPES = (int, str, type(None))  # exact types: a bool is not an id
 
 #: The built-in a client calls (with an id) to be sent notices on its connection (docs/protocol.md section 11).
@@ -81,6 +81,11 @@ class Method(MethodCore):
         # A typed handler's checker is a plain function that returns the handler's coroutine.
         self.is_async = contract.is_async if contract is not None else inspect.iscoroutinefunction(func)
         self.contract = contract
+        # The core calls the contract's own ``call`` and checks its ``refusals`` only when it calls the
+        # handler the contract describes, bound: a wrapper (metrics, middleware) sees every call.
+        own = contract is not None and func is contract.func and not self.unbound
+        self.call = contract.call if own else func
+        self.refusals = contract.refusals if own else ()
         self.prefix = b'{"out": ' + _dumps(self.out) + b', "result": '
 
     def __repr__(self) -> str:
@@ -155,10 +160,7 @@ def failure(method: Method, params: Any, exc: BaseException, debug: bool = False
 
 def encode_error(code: int, message: str, data: Any = None, rid: Optional[Id] = None) -> bytes:
     """An error response body (docs/protocol.md section 4)."""
-    error: Dict[str, Any] = {"code": int(code), "message": message}
-    if data is not None:
-        error["data"] = data
-    return b"".join((_ERROR_PREFIX, _dumps(error), _ID_PART, _dumps(rid), b"}"))
+    return error_head(code, message, data) + _dumps(rid) + b"}"
 
 
 class Call:
