@@ -332,8 +332,7 @@ cdef class ServerCore:
                 return False
             else:
                 refusal = method_not_found(name)
-            self._refuse(<object>PyTuple_GET_ITEM(refusal, 0), <object>PyTuple_GET_ITEM(refusal, 1),
-                         <object>PyTuple_GET_ITEM(refusal, 2), rid)
+            self._refuse(refusal, rid)
             return False
         method = found  # a registry holds Methods (their fields are read in C)
         if method.name is not self._last_name:
@@ -345,8 +344,7 @@ cdef class ServerCore:
             last = PyTuple_GET_SIZE(refusals) - 1
             refusal = <object>PyTuple_GET_ITEM(refusals, count if count < last else last)
             if refusal is not None:
-                self._refuse(<object>PyTuple_GET_ITEM(refusal, 0), <object>PyTuple_GET_ITEM(refusal, 1),
-                             <object>PyTuple_GET_ITEM(refusal, 2), rid)
+                self._refuse(refusal, rid)
                 return False
         func = method.call
         try:
@@ -367,8 +365,7 @@ cdef class ServerCore:
             self._reply(rid, self._error_body(method, params, exc, rid))
             return False
         if type(result) is _Refusal:  # a typed handler's params did not match
-            self._refuse(<object>PyTuple_GET_ITEM(result, 0), <object>PyTuple_GET_ITEM(result, 1),
-                         <object>PyTuple_GET_ITEM(result, 2), rid)
+            self._refuse(result, rid)
             return False
         if method.is_async:
             return self._begin(method, request, rid, params, result)
@@ -447,16 +444,17 @@ cdef class ServerCore:
         self._queued += 1
         return 0
 
-    cdef int _refuse(self, object name, object code, bytes head, object rid) except -1:
-        """Answer a call refused without an exception (head: ``refusal.error_head``), counted against
-        ``name`` as ``_error_body`` counts the errors of handlers; framed in place, as ``_write_result``."""
+    cdef int _refuse(self, object refusal, object rid) except -1:
+        """Answer a call refused without an exception (a ``Refusal``: name, code, head), counted as
+        ``_error_body`` counts the errors of handlers; framed in place, as ``_write_result``."""
+        cdef bytes head = <bytes>PyTuple_GET_ITEM(refusal, 2)
         cdef char digits[24]
         cdef Py_ssize_t id_size = format_int(digits, rid)
         cdef bytes encoded_id
         cdef Py_ssize_t size
         cdef char* p
         if self._count_error is not None:
-            self._count_error(name, code, False)
+            self._count_error(<object>PyTuple_GET_ITEM(refusal, 0), <object>PyTuple_GET_ITEM(refusal, 1), False)
         encoded_id = _dumps(rid) if id_size < 0 else None  # not an int of 64 bits (null, a string)
         if encoded_id is not None:
             id_size = PyBytes_GET_SIZE(encoded_id)

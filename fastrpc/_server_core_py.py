@@ -142,13 +142,13 @@ class ServerCore:
                 if type(name) is not str or name.startswith("rpc."):  # not a name, or a built-in's (rpc.notices)
                     return self._reject(body)  # type: ignore[attr-defined,no-any-return]
                 refusal = method_not_found(name)
-            return self._refuse(*refusal, rid)
+            return self._refuse(refusal, rid)
         params = request.get("params", ABSENT)
         refusals = method.refusals
         if refusals and type(params) is not dict:  # positional params: whether they bind depends on their count
             refusal = refusals[min(len(params) if type(params) is list else int(params is not ABSENT), len(refusals) - 1)]
             if refusal is not None:
-                return self._refuse(*refusal, rid)
+                return self._refuse(refusal, rid)
         func = method.call
         try:
             if method.unbound:
@@ -165,7 +165,7 @@ class ServerCore:
         except BaseException as exc:  # SystemExit and KeyboardInterrupt too: a handler's fault, not the server's
             return self._reply(rid, self._error_body(method, params, exc, rid))  # type: ignore[attr-defined,no-any-return]
         if type(result) is Refusal:  # a typed handler's params did not match
-            return self._refuse(*result, rid)
+            return self._refuse(result, rid)
         if method.is_async:
             return self._begin(method, request, rid, params, result)  # type: ignore[attr-defined,no-any-return]
         body = self._result_body(method, result, rid)
@@ -175,12 +175,11 @@ class ServerCore:
             self._out.append(body)
         return None
 
-    def _refuse(self, name: Optional[str], code: int, head: bytes, rid: Any) -> None:
-        """Answer a call refused without an exception (head: ``refusal.error_head``), counted against
-        ``name`` as ``_error_body`` counts the errors of handlers."""
+    def _refuse(self, refusal: Refusal, rid: Any) -> None:
+        """Answer a call refused without an exception, counted as ``_error_body`` counts the errors of handlers."""
         if self._count_error is not None:
-            self._count_error(name, code, False)
-        self._reply(rid, head + _dumps(rid) + b"}")  # type: ignore[attr-defined]
+            self._count_error(refusal.name, refusal.code, False)
+        self._reply(rid, refusal.head + _dumps(rid) + b"}")  # type: ignore[attr-defined]
 
     def _result_body(self, method: Any, result: Any, rid: Any) -> bytes:
         """The response body of a call of ``method`` that returned ``result``."""
