@@ -142,13 +142,15 @@ class ServerCore:
                 if type(name) is not str or name.startswith("rpc."):  # not a name, or a built-in's (rpc.notices)
                     return self._reject(body)  # type: ignore[attr-defined,no-any-return]
                 refusal = method_not_found(name)
-            return self._refuse(refusal, rid)
+            self._refuse(refusal, rid)
+            return None
         params = request.get("params", ABSENT)
         refusals = method.refusals
         if refusals and type(params) is not dict:  # positional params: whether they bind depends on their count
             refusal = refusals[min(len(params) if type(params) is list else int(params is not ABSENT), len(refusals) - 1)]
             if refusal is not None:
-                return self._refuse(refusal, rid)
+                self._refuse(refusal, rid)
+                return None
         func = method.call
         try:
             if method.unbound:
@@ -165,7 +167,8 @@ class ServerCore:
         except BaseException as exc:  # SystemExit and KeyboardInterrupt too: a handler's fault, not the server's
             return self._reply(rid, self._error_body(method, params, exc, rid))  # type: ignore[attr-defined,no-any-return]
         if type(result) is Refusal:  # a typed handler's params did not match
-            return self._refuse(result, rid)
+            self._refuse(result, rid)
+            return None
         if method.is_async:
             return self._begin(method, request, rid, params, result)  # type: ignore[attr-defined,no-any-return]
         body = self._result_body(method, result, rid)

@@ -32,8 +32,8 @@ from .errors import (
 from .absent import ABSENT
 from .contracts import Contract, encode_default
 from .framing import ClientCore, MethodCore, ServerCore
-from .refusal import error_head
 from .limits import DEFAULT_MAX_FRAME_SIZE, META_MAX_BYTES, META_MAX_ENTRIES, PROBE_LENGTH, PROBE_REPLY
+from .refusal import error_head
 
 __all__ = [
     "ABSENT", "NOTICES_METHOD", "NOTICES", "Method", "Call", "ServerConnection", "ClientConnection", "encode_error",
@@ -83,9 +83,10 @@ class Method(MethodCore):
         self.contract = contract
         # The core calls the contract's own ``call`` and checks its ``refusals`` only when it calls the
         # handler the contract describes, bound: a wrapper (metrics, middleware) sees every call.
-        own = contract is not None and func is contract.func and not self.unbound
-        self.call = contract.call if own else func
-        self.refusals = contract.refusals if own else ()
+        if contract is not None and func is contract.func and not self.unbound:
+            self.call, self.refusals = contract.call, contract.refusals
+        else:
+            self.call, self.refusals = func, ()
         self.prefix = b'{"out": ' + _dumps(self.out) + b', "result": '
 
     def __repr__(self) -> str:
