@@ -12,6 +12,7 @@ In-process, with timeit (the best of several repeats, per call, in microseconds)
 - bad params: a call missing a param, through the core: the untyped handler (the signature read once, at
   registration) and the typed one (the generated checker's precise path); and what the old path cost,
   ``inspect.signature`` read again for every failure.
+- unknown method: a call of a name no method has (-32601).
 bench/results/2026-11-30-contracts.md records a run.
 
     .venv/bin/python bench/contracts.py --instructions
@@ -86,15 +87,20 @@ def core_figures(n: int, repeat: int) -> Dict[str, float]:
         "add (named)": ("uadd", "tadd", {"a": 1, "b": 2}),
         "20-field record": ("uput", "tput", [RECORD]),
         "add, bad params": ("uadd", "tadd", [1]),
+        "add, mistyped": (None, "tadd", [1, "2"]),
+        "unknown method": ("nadd", None, [1, 2]),
     }
     out: Dict[str, float] = {}
     for core_name, core_class in cores.items():
         for label, (untyped, typed, params) in requests.items():
             for kind, name in (("untyped", untyped), ("typed", typed)):
+                if name is None:
+                    continue
                 core = core_class(methods, lambda call: None)
                 batch = pack_frames([orjson.dumps({"in": name, "params": params, "id": i}) for i in range(64)])
                 replies = core.receive_data(batch)
-                assert replies.count(b'"code":-32602') == (64 if "bad" in label else 0), replies[:200]
+                code = b'"code":-32601' if "unknown" in label else b'"code":-32602'
+                assert replies.count(code) == (64 if "bad" in label or "mis" in label or "unknown" in label else 0), replies[:200]
                 out[f"{core_name}: {label}, {kind}"] = per_call(lambda: core.receive_data(batch), n, repeat) / 64
     return out
 
@@ -155,6 +161,7 @@ CASES = {  # label: (method, params)
     "20-field record, untyped": ("uput", [RECORD]), "20-field record, typed": ("tput", [RECORD]),
     "add, bad params, untyped": ("uadd", [1]), "add, bad params, typed": ("tadd", [1]),
     "add, mistyped, typed": ("tadd", [1, "2"]),
+    "unknown method": ("nadd", [1, 2]),
 }
 
 

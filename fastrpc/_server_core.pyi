@@ -1,13 +1,16 @@
 from collections import deque
-from typing import Any, List, Optional, Union
+from typing import Any, List, Optional, Tuple, Union
 
 from ._framing import FrameReader
+from .refusal import Refusal
 
 def ping(params: Any) -> Any: ...
 
 class MethodCore:
     name: str
     func: Any
+    call: Any
+    refusals: Tuple[Optional[Refusal], ...]
     out: str
     raw_params: bool
     context: bool
@@ -32,6 +35,7 @@ class ServerCore:
     write: Any
     after_read: Any
     watch_reads: bool
+    _count_error: Any
     def read_and_reply(self, nbytes: int) -> None: ...
     def _result_body(self, method: Any, result: Any, rid: Optional[Union[int, str]]) -> bytes: ...
     def _send(self, body: bytes) -> None: ...

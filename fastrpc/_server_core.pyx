@@ -4,15 +4,18 @@
 The twin ``_server_core_py.py`` holds the contract and the same logic in Python; this one
 runs a valid call of a sync handler with no Python frame but the handler's, and writes its
 reply, framed, straight into the bytes object that ``data_to_send`` hands out (no body
-object, no join). Everything rarer is left to ``protocol.ServerConnection``'s Python
-methods, called as the twin calls them.
+object, no join); so does a call of an unknown method, or one whose params its method
+refuses without an exception (a ``Refusal``). Everything rarer is left to
+``protocol.ServerConnection``'s Python methods, called as the twin calls them.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_Next
+from cpython.dict cimport PyDict_GetItemWithError, PyDict_Next
+from cpython.list cimport PyList_GET_SIZE
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.unicode cimport PyUnicode_DATA, PyUnicode_GET_LENGTH
 from libc.string cimport memcmp, memcpy
 from libc.stdint cimport uint32_t
@@ -24,6 +27,7 @@ import orjson
 from fastrpc._framing cimport FrameReader
 from fastrpc.absent import ABSENT
 from fastrpc.errors import FrameTooLarge
+from fastrpc.refusal import NOT_FOUND, Refusal, method_not_found
 
 __all__ = ["MethodCore", "ServerCore", "ping"]
 
@@ -76,6 +80,8 @@ cdef object _loads = orjson.loads
 cdef object _dumps = orjson.dumps
 cdef object _JSONDecodeError = orjson.JSONDecodeError
 cdef object _ABSENT = ABSENT
+cdef object _Refusal = Refusal
+cdef dict _NOT_FOUND = NOT_FOUND
 cdef bytes _ID_PART = b', "id": '  # keep equal to _server_core_py._ID_PART
 # The request keys as orjson last made them: it keeps one object per short key, so a key is
 # usually told by its address (no hash, no compare); one equal by value replaces the old.
@@ -175,6 +181,8 @@ cdef class MethodCore:
 
     cdef public object name
     cdef public object func
+    cdef public object call
+    cdef public tuple refusals
     cdef public object out
     cdef public bint raw_params
     cdef public bint context
@@ -198,6 +206,7 @@ cdef class ServerCore:
     cdef readonly unsigned long long frames_sent
     cdef public object write
     cdef public object after_read
+    cdef public object _count_error
     # The last method called's name: a request naming it again is looked up with this object,
     # whose hash is cached (the request's own name is a new str, hashed at each lookup).
     cdef object _last_name
@@ -260,11 +269,13 @@ cdef class ServerCore:
         return self._take()
 
     cdef bint _receive_frame(self, object body) except -1:
-        cdef object request, name, rid, found, params, func, result
+        cdef object request, name, rid, found, params, func, result, refusal
         cdef MethodCore method
-        cdef Py_ssize_t pos = 0
+        cdef tuple refusals
+        cdef Py_ssize_t pos = 0, count, last
         cdef PyObject* key
         cdef PyObject* value
+        cdef PyObject* entry
         cdef PyObject* in_value = NULL
         cdef PyObject* id_value = NULL
         cdef PyObject* params_value = NULL
@@ -298,15 +309,13 @@ cdef class ServerCore:
         methods = self._methods
         try:
             if type(methods) is dict:
-                found = (<dict>methods)[name]
+                entry = PyDict_GetItemWithError(methods, name)  # NULL and no error: no such method
+                found = None if entry is NULL else <object>entry
             else:
                 found = methods[name]
         except (KeyError, TypeError):
             self._reject(body)
             return False
-        method = found  # a registry holds Methods (their fields are read in C)
-        if method.name is not self._last_name:
-            self._last_name = method.name
         if id_value is NULL:
             rid = None
         else:
@@ -314,8 +323,30 @@ cdef class ServerCore:
             if type(rid) is not int and type(rid) is not str and rid is not None:
                 self._reject(body)
                 return False
+        if found is None:
+            entry = PyDict_GetItemWithError(_NOT_FOUND, name)  # hashable, and its hash known: the lookup made it
+            if entry is not NULL:
+                refusal = <object>entry
+            elif type(name) is not str or (<str>name).startswith("rpc."):  # not a name, or a built-in's (rpc.notices)
+                self._reject(body)
+                return False
+            else:
+                refusal = method_not_found(name)
+            self._refuse(refusal, rid)
+            return False
+        method = found  # a registry holds Methods (their fields are read in C)
+        if method.name is not self._last_name:
+            self._last_name = method.name
         params = _ABSENT if params_value is NULL else <object>params_value
-        func = method.func
+        refusals = method.refusals
+        if refusals and type(params) is not dict:  # positional params: whether they bind depends on their count
+            count = PyList_GET_SIZE(params) if type(params) is list else params is not _ABSENT
+            last = PyTuple_GET_SIZE(refusals) - 1
+            refusal = <object>PyTuple_GET_ITEM(refusals, count if count < last else last)
+            if refusal is not None:
+                self._refuse(refusal, rid)
+                return False
+        func = method.call
         try:
             if method.unbound:
                 if method.context:
@@ -332,6 +363,9 @@ cdef class ServerCore:
                 result = func(params)
         except BaseException as exc:  # SystemExit and KeyboardInterrupt too: a handler's fault, not the server's
             self._reply(rid, self._error_body(method, params, exc, rid))
+            return False
+        if type(result) is _Refusal:  # a typed handler's params did not match
+            self._refuse(result, rid)
             return False
         if method.is_async:
             return self._begin(method, request, rid, params, result)
@@ -410,6 +444,35 @@ cdef class ServerCore:
         self._queued += 1
         return 0
 
+    cdef int _refuse(self, object refusal, object rid) except -1:
+        """Answer a call refused without an exception (a ``Refusal``: name, code, head), counted as
+        ``_error_body`` counts the errors of handlers; framed in place, as ``_write_result``."""
+        cdef bytes head = <bytes>PyTuple_GET_ITEM(refusal, 2)
+        cdef char digits[24]
+        cdef Py_ssize_t id_size = format_int(digits, rid)
+        cdef bytes encoded_id
+        cdef Py_ssize_t size
+        cdef char* p
+        if self._count_error is not None:
+            self._count_error(<object>PyTuple_GET_ITEM(refusal, 0), <object>PyTuple_GET_ITEM(refusal, 1), False)
+        encoded_id = _dumps(rid) if id_size < 0 else None  # not an int of 64 bits (null, a string)
+        if encoded_id is not None:
+            id_size = PyBytes_GET_SIZE(encoded_id)
+        size = PyBytes_GET_SIZE(head) + id_size + 1
+        if (rid is None and self._slots) or size > self._max_frame_size:
+            # Behind a reply still owed, or too large: the usual way.
+            self._reply(rid, head + (encoded_id or digits[:id_size]) + b"}")
+            return 0
+        p = write_bytes(write_length(self._reserve(HEADER + size), size), head)
+        if encoded_id is None:
+            memcpy(p, digits, id_size)
+        else:
+            write_bytes(p, encoded_id)
+        p[id_size] = c'}'
+        self._used += HEADER + size
+        self._queued += 1
+        return 0
+
     def _result_body(self, method, result, rid):
         """The response body of a call of ``method`` that returned ``result``."""
         cdef bytes encoded
@@ -428,10 +491,14 @@ cdef class ServerCore:
 
     def _send(self, bytes body not None):
         """Queue one response body to go out with the next ``data_to_send``."""
+        self._queue(body)
+
+    cdef int _queue(self, bytes body) except -1:
         cdef Py_ssize_t size = PyBytes_GET_SIZE(body)
         write_bytes(write_length(self._reserve(HEADER + size), size), body)
         self._used += HEADER + size
         self._queued += 1
+        return 0
 
     cdef char* _reserve(self, Py_ssize_t room) except NULL:
         """Where ``room`` more bytes of output go (``_used`` is not moved)."""

@@ -9,13 +9,14 @@ rather than in a list joined by ``pack_frames``.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Deque, List, Optional, Union
+from typing import Any, Deque, List, Optional, Tuple, Union
 
 import orjson
 
 from ._framing_py import FrameReader, pack_frames
 from .absent import ABSENT
 from .errors import FrameTooLarge
+from .refusal import NOT_FOUND, Refusal, method_not_found
 
 __all__ = ["MethodCore", "ServerCore", "ping"]
 
@@ -40,9 +41,13 @@ class MethodCore:
     """A registered method's fields, as the request path reads them (``protocol.Method`` sets
     them): compiled, they are read as C fields rather than looked up by name."""
 
-    __slots__ = ("name", "func", "out", "raw_params", "context", "unbound", "is_async", "prefix")
+    __slots__ = ("name", "func", "call", "refusals", "out", "raw_params", "context", "unbound", "is_async", "prefix")
     name: str
     func: Any
+    call: Any  # what the request path calls: func, or a typed handler's checker that returns a Refusal
+    # The refusal of a bound call of n positional params at min(n, len - 1), None where they bind;
+    # (): none is checked (it depends on more than n, or the handler is not called bound).
+    refusals: Tuple[Optional[Refusal], ...]
     out: str
     raw_params: bool
     context: bool
@@ -56,11 +61,12 @@ class ServerCore:
 
     ``protocol.ServerConnection`` is built on it and supplies everything rarer, which the
     core calls on itself: ``_reject(body)`` (a frame that is not a valid call of a known
-    method), ``_frame_too_large(exc)``, ``_call_in_context(method, request, params)``,
+    method, but for an unknown name, answered here), ``_frame_too_large(exc)``, ``_call_in_context(method, request, params)``,
     ``_error_body(method, params, exc, rid)``, ``_reply(rid, body)``, ``_begin(method,
     request, rid, params, coro)`` (an async handler's call; true to stop reading: the limit
     of calls in flight is reached), ``_unencodable(method, exc, rid)`` and ``_fit(body,
-    rid, returned)``. It counts what it reads and writes, for metrics.
+    rid, returned)``. It counts what it reads and writes, for metrics, and tells ``_count_error``
+    (when set) of the error replies it writes itself, as ``_error_body`` does of the others.
     """
 
     def __init__(self, methods: Any, max_frame_size: int) -> None:
@@ -80,6 +86,7 @@ class ServerCore:
         self.write: Any = None  # for read_and_reply
         self.after_read: Any = None
         self.watch_reads = False
+        self._count_error: Any = None
 
     def receive_data(self, data: bytes) -> bytes:
         """Take bytes from the peer and handle every complete frame; returns ``data_to_send()``."""
@@ -121,13 +128,30 @@ class ServerCore:
         try:
             request = _loads(body)
             rid = request.get("id")  # AttributeError: not an object
-            method = self._methods[request["in"]]  # KeyError, TypeError: no such method, or 'in' unhashable
+            name = request["in"]
+            methods = self._methods
+            # KeyError, TypeError: no such method, or 'in' unhashable (a plain dict's miss is None)
+            method = methods.get(name) if type(methods) is dict else methods[name]
         except (_JSONDecodeError, AttributeError, KeyError, TypeError):
             return self._reject(body)  # type: ignore[attr-defined,no-any-return]
         if type(rid) not in _ID_TYPES:
             return self._reject(body)  # type: ignore[attr-defined,no-any-return]
+        if method is None:
+            refusal = NOT_FOUND.get(name)
+            if refusal is None:
+                if type(name) is not str or name.startswith("rpc."):  # not a name, or a built-in's (rpc.notices)
+                    return self._reject(body)  # type: ignore[attr-defined,no-any-return]
+                refusal = method_not_found(name)
+            self._refuse(refusal, rid)
+            return None
         params = request.get("params", ABSENT)
-        func = method.func
+        refusals = method.refusals
+        if refusals and type(params) is not dict:  # positional params: whether they bind depends on their count
+            refusal = refusals[min(len(params) if type(params) is list else int(params is not ABSENT), len(refusals) - 1)]
+            if refusal is not None:
+                self._refuse(refusal, rid)
+                return None
+        func = method.call
         try:
             if method.unbound:
                 result = self._call_in_context(method, request, params) if method.context else func(  # type: ignore[attr-defined]
@@ -142,6 +166,9 @@ class ServerCore:
                 result = func(params)
         except BaseException as exc:  # SystemExit and KeyboardInterrupt too: a handler's fault, not the server's
             return self._reply(rid, self._error_body(method, params, exc, rid))  # type: ignore[attr-defined,no-any-return]
+        if type(result) is Refusal:  # a typed handler's params did not match
+            self._refuse(result, rid)
+            return None
         if method.is_async:
             return self._begin(method, request, rid, params, result)  # type: ignore[attr-defined,no-any-return]
         body = self._result_body(method, result, rid)
@@ -150,6 +177,12 @@ class ServerCore:
         else:
             self._out.append(body)
         return None
+
+    def _refuse(self, refusal: Refusal, rid: Any) -> None:
+        """Answer a call refused without an exception, counted as ``_error_body`` counts the errors of handlers."""
+        if self._count_error is not None:
+            self._count_error(refusal.name, refusal.code, False)
+        self._reply(rid, refusal.head + _dumps(rid) + b"}")  # type: ignore[attr-defined]
 
     def _result_body(self, method: Any, result: Any, rid: Any) -> bytes:
         """The response body of a call of ``method`` that returned ``result``."""

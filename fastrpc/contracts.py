@@ -29,6 +29,7 @@ import orjson
 
 from .absent import ABSENT as _ABSENT
 from .errors import InvalidParams
+from .refusal import Refusal, refusal
 
 __all__ = ["Contract", "DecodeError", "MAX_ERRORS", "contract", "decode", "encode_default", "method_schema", "type_schema"]
 
@@ -36,6 +37,7 @@ __all__ = ["Contract", "DecodeError", "MAX_ERRORS", "contract", "decode", "encod
 MAX_ERRORS = 20
 
 _MISSING: Any = type("Missing", (), {"__repr__": lambda self: "<missing>"})()
+_Never: type = type("Never", (), {})  # the kind no value has: the core's checker has kept no refusal yet
 _UnionType = getattr(types, "UnionType", None)  # X | Y, Python 3.10+
 _INT_KEY = re.compile(r"-?(0|[1-9][0-9]*)\Z")
 
@@ -140,6 +142,7 @@ class _Node:
 
     expected = "any"
     exact = True
+    by_kind = False  # whether a value's mismatches, if any, follow from its type alone
     kinds: Tuple[type, ...] = ()
     primary: Tuple[type, ...] = ()
 
@@ -174,6 +177,8 @@ class _Node:
 
 
 class _AnyNode(_Node):
+    by_kind = True
+
     def test(self, v: str, em: _Emitter) -> str:
         return "True"
 
@@ -189,6 +194,8 @@ class _AnyNode(_Node):
 
 class _ScalarNode(_Node):
     """int, str, bool, None: the exact type (a bool is no int, an int no bool)."""
+
+    by_kind = True
 
     def __init__(self, tp: type, expected: str, schema: Dict[str, Any]) -> None:
         self.tp = tp
@@ -974,7 +981,10 @@ def _hints(func: Callable[..., Any]) -> Dict[str, Any]:
 
 class Contract:
     """What registration learns of a handler once: its signature, the node of each param, and ``func``,
-    what the server calls: the handler itself when nothing is annotated, else the generated checker."""
+    what the server calls: the handler itself when nothing is annotated, else the generated checker.
+    For the server core, which writes an error reply without an exception: ``call``, ``func`` but for a
+    typed handler a checker that returns a ``Refusal`` where ``func``'s raises InvalidParams, and
+    ``refusals``, an untyped handler's refusal of each count of positional params (see ``_by_count``)."""
 
     def __init__(self, handler: Callable[..., Any], name: Optional[str] = None, check: bool = True) -> None:
         self.handler = handler
@@ -1005,7 +1015,12 @@ class Contract:
         self._stars = next((node for p, node in zip(self.params, self.nodes) if p.kind is P.VAR_KEYWORD), None)
         self._keywords = {p.name for p in self.params if p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY)}
         self.typed = any(node is not _ANY for node in self.nodes)
-        self.func: Callable[..., Any] = self._generate() if self.typed else handler
+        # Whether the kinds (types) of the values alone decide a typed checker's refusal.
+        self._by_kind = self._star is None and self._stars is None and all(node.by_kind for node in self.nodes)
+        self.func: Callable[..., Any]
+        self.call: Callable[..., Any]
+        self.func, self.call = self._generate() if self.typed else (handler, handler)
+        self.refusals = () if self.typed else self._by_count()
 
     def bind_error(self, params: Any) -> Optional[str]:
         """Why ``params`` do not bind to the handler's signature, or None if they do (or it has none), in
@@ -1058,12 +1073,29 @@ class Contract:
                 return exc
             return None
         reason = self.bind_error(params)
-        return None if reason is None else InvalidParams(f"invalid params for {self.name!r}: {reason}")
+        return None if reason is None else InvalidParams(self._unbound(reason))
 
-    def _generate(self) -> Callable[..., Any]:
+    def _unbound(self, reason: str) -> str:
+        return f"invalid params for {self.name!r}: {reason}"
+
+    def _by_count(self) -> Tuple[Optional[Refusal], ...]:
+        """The refusal of a call with n positional params (an array of n, one other value, or none) at
+        index min(n, len - 1), None where n bind: whether they bind depends on n alone. () when every
+        count binds or the signature is unknown: the core then checks nothing."""
+        if self.signature is None:
+            return ()
+        last = len(self._positional) + (self._star is None)  # past the last: too many, or as many as the last
+        reasons = [self.bind_error([None] * n) for n in range(last + 1)]
+        if not any(reasons):
+            return ()
+        return tuple(None if reason is None else refusal(self.name, InvalidParams.code, self._unbound(reason))
+                     for reason in reasons)
+
+    def _generate(self) -> Tuple[Callable[..., Any], Callable[..., Any]]:
         """The checker: a function of the handler's param names, each defaulting to a marker (a missing
         one then fails its test like a mistyped one); extra params fail to bind it (TypeError), and
-        ``refusal`` lists them. Plain type tests are joined in one condition; conversions follow."""
+        ``refusal`` lists them. Plain type tests are joined in one condition; conversions follow.
+        With it, the same code whose failure path returns a Refusal (``_refused``) rather than raising."""
         em = _Emitter()
         if any(p.name.startswith("__fr_") for p in self.params):
             raise ValueError(f"{self.name!r}: parameter names starting with '__fr_' are reserved for fastrpc")
@@ -1090,7 +1122,7 @@ class Contract:
         values = ", ".join(p.name for p in plain) + ("," if plain else "")
         more = next((p.name for p in self.params if p.kind is P.VAR_POSITIONAL), "()")
         extra = next((p.name for p in self.params if p.kind is P.VAR_KEYWORD), "{}")
-        slow = f"return __fr_slow(({values}), {more}, {extra})"
+        slow = f"return __fr_slow(({values}), {more}, {extra})"  # the one line the two checkers differ by
         if not converting:
             with em.block(f"if {' and '.join(tests)}:"):
                 em.line(f"return __fr_h({self._call_args(dict((p.name, p.name) for p in self.params))})")
@@ -1125,11 +1157,19 @@ class Contract:
         em.ns["__fr_h"] = self.handler
         em.ns["__fr_slow"] = self._precise
         name = self._func_name()
+        lines = em.lines
         checker = em.compile(f"def {name}({', '.join(head)}):", name)
         checker.__wrapped__ = self.handler  # inspect.signature and method_schema see the handler's
         checker.__doc__ = self.handler.__doc__
         checker.__qualname__ = getattr(self.handler, "__qualname__", checker.__name__)
-        return checker  # type: ignore[no-any-return]
+        refused = f"return __fr_refused(({values}), {more}, {extra})"
+        if self._by_kind:  # the last refusal again when the values are of the same kinds (_refused keeps it)
+            same = " and ".join(f"type({p.name}) is __fr_k{i}" for i, p in enumerate(plain))
+            refused = f"return __fr_last if {same} else {refused[len('return '):]}"
+            em.ns.update({f"__fr_k{i}": _Never for i in range(len(plain))}, __fr_last=None)
+        em.lines = [line[:-len(slow)] + refused if line.endswith(slow) else line for line in lines]
+        em.ns["__fr_refused"] = self._refused
+        return checker, em.compile(f"def {name}({', '.join(head)}):", name)
 
     def _call_args(self, names: Dict[str, str]) -> str:
         P = inspect.Parameter
@@ -1175,6 +1215,18 @@ class Contract:
         if errors:
             raise InvalidParams(f"invalid params for {self.name!r}: {_summary(errors, truncated)}", list(errors))
         return self.handler(*args, **kwargs) if call else None
+
+    def _refused(self, values: Tuple[Any, ...], more: Tuple[Any, ...], extra: Dict[str, Any]) -> Any:
+        """``_precise`` for the core's checker: the Refusal in place of the InvalidParams. Where the kinds
+        of the values decide it (``_by_kind``), the checker keeps the last one with their kinds: the
+        same mistake made again costs it a test per param, not this walk."""
+        try:
+            return self._precise(values, more, extra)
+        except InvalidParams as exc:
+            refused = refusal(self.name, exc.code, exc.message, exc.data)
+        if self._by_kind:  # one update: the checker never sees the kinds of one refusal with another
+            self.call.__globals__.update({f"__fr_k{i}": type(value) for i, value in enumerate(values)}, __fr_last=refused)
+        return refused
 
 
 def contract(handler: Callable[..., Any], name: Optional[str] = None) -> Contract:

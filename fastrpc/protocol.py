@@ -33,6 +33,7 @@ from .absent import ABSENT
 from .contracts import Contract, encode_default
 from .framing import ClientCore, MethodCore, ServerCore
 from .limits import DEFAULT_MAX_FRAME_SIZE, META_MAX_BYTES, META_MAX_ENTRIES, PROBE_LENGTH, PROBE_REPLY
+from .refusal import error_head
 
 __all__ = [
     "ABSENT", "NOTICES_METHOD", "NOTICES", "Method", "Call", "Stream", "StreamEnd", "ServerConnection", "ClientConnection",
@@ -50,7 +51,6 @@ Id = Union[int, str]
 # {"in": "ping", "params": "sha params"} gets the same bytes the seed's
 # server sends: {"out": "pong", "result": "sha params"}.
 _ID_PART = b', "id": '
-_ERROR_PREFIX = b'{"out": "error", "error": '
 _ID_TYPES = (int, str, type(None))  # exact types: a bool is not an id
 _ITEM_PREFIX = b'{"item": '
 #: The most credit (items a stream may send ahead of its client) a stream holds at once (section 12).
@@ -84,6 +84,12 @@ class Method(MethodCore):
         # A typed handler's checker is a plain function that returns the handler's coroutine.
         self.is_async = contract.is_async if contract is not None else inspect.iscoroutinefunction(func)
         self.contract = contract
+        # The core calls the contract's own ``call`` and checks its ``refusals`` only when it calls the
+        # handler the contract describes, bound: a wrapper (metrics, middleware) sees every call.
+        if contract is not None and func is contract.func and not self.unbound:
+            self.call, self.refusals = contract.call, contract.refusals
+        else:
+            self.call, self.refusals = func, ()
         self.prefix = b'{"out": ' + _dumps(self.out) + b', "result": '
 
     @property
@@ -163,10 +169,7 @@ def failure(method: Method, params: Any, exc: BaseException, debug: bool = False
 
 def encode_error(code: int, message: str, data: Any = None, rid: Optional[Id] = None) -> bytes:
     """An error response body (docs/protocol.md section 4)."""
-    error: Dict[str, Any] = {"code": int(code), "message": message}
-    if data is not None:
-        error["data"] = data
-    return b"".join((_ERROR_PREFIX, _dumps(error), _ID_PART, _dumps(rid), b"}"))
+    return error_head(code, message, data) + _dumps(rid) + b"}"
 
 
 class Call:

@@ -22,6 +22,8 @@ import pydantic
 import pytest
 
 import fastrpc
+import fastrpc.metrics
+import fastrpc.protocol
 from fastrpc import contracts
 from fastrpc.absent import ABSENT
 from fastrpc.contracts import DecodeError, MAX_ERRORS, decode, method_schema, type_schema
@@ -303,6 +305,65 @@ def test_bind_error_says_what_signature_bind_says(func: Any) -> None:
         except TypeError as exc:
             expected = str(exc)
         assert contract.bind_error(params) == expected, params
+
+
+@pytest.mark.parametrize("func", [_f1, _f2, _f3, _f4, _f5, _f6, _f7])
+def test_the_refusal_of_each_count_of_params_is_bind_errors(func: Any) -> None:
+    """The core refuses positional params by their count alone, from the table made at registration."""
+    contract = contracts.Contract(func, "f")
+    for n in range(6):
+        params = [1] * n
+        reason = contract.bind_error(params)
+        refusal = contract.refusals[min(n, len(contract.refusals) - 1)] if contract.refusals else None
+        if reason is None:
+            assert refusal is None, n
+        else:
+            assert refusal == (("f", -32602, fastrpc.protocol.encode_error(-32602, f"invalid params for 'f': {reason}")[:-5])), n
+    assert (contract.refusals == ()) == all(contract.bind_error([1] * n) is None for n in range(6))
+
+
+def _t1(a: int, b: int) -> None: ...
+def _t2(a: int, b: str = "x", *, c: Optional[bool] = None) -> None: ...
+def _t3(a: float, b: List[int]) -> None: ...
+def _t4(a: Any, b: None, /) -> None: ...
+
+
+@pytest.mark.parametrize("func", [_t1, _t2, _t3, _t4])
+def test_the_cores_checker_refuses_as_the_checker_raises(func: Any) -> None:
+    """``call`` returns the Refusal whose bytes are those of ``func``'s InvalidParams, kept or not."""
+    contract = contracts.Contract(func, "t")
+    cases = [[], [1], ["1"], [1, 2], [1, "2"], ["1", 2], [None, None], [True, 1.5], [1.5, [1, "x"]], [2, [3]], ["a", "b"]]
+    for params in cases * 2 + cases[::-1]:  # the second time and after others: what the checker kept
+        try:
+            expected: Any = contract.func(*params)
+        except fastrpc.InvalidParams as exc:
+            expected = ("t", -32602, fastrpc.protocol.encode_error(exc.code, exc.message, exc.data)[:-5])
+        except TypeError:  # too many params: the checker does not bind, and neither does call
+            with pytest.raises(TypeError):
+                contract.call(*params)
+            continue
+        assert contract.call(*params) == expected, params
+
+
+def test_a_wrapped_handler_is_called_with_bad_params_too() -> None:
+    """Metered and middleware copies call their wrapper, which sees the failure; only the core's own refuses."""
+    server = fastrpc.Server()
+
+    @server.method
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @server.method
+    def untyped(a, b):  # type: ignore[no-untyped-def]
+        return a + b
+
+    hooked = HookedMethods(server.methods, [fastrpc.middleware.Middleware()], None)
+    for name in ("add", "untyped"):
+        own = server.methods[name]
+        assert own.call is own.contract.call and own.refusals is own.contract.refusals
+        wrapped = fastrpc.metrics.meter(own, fastrpc.metrics.ServerMetrics().method(name))
+        assert wrapped.call is wrapped.func and wrapped.refusals == ()
+        assert hooked[name].call is hooked[name].func and hooked[name].refusals == ()
 
 
 def test_a_type_error_inside_a_handler_is_internal(core: type) -> None:

@@ -177,3 +177,112 @@ def test_request_keys_in_any_order_with_others_and_repeats_are_read_alike(reques
     """The compiled core reads a request's keys in one walk over it; the twin looks each one up."""
     stream = b"".join(frame(b"{" + b", ".join(keys) + b"}") for keys in requests)
     assert run("cython", stream, []) == run("python", stream, [])
+
+
+# -- error replies the cores write themselves: unknown methods, params refused without an exception --------
+
+def contracted() -> Dict[str, Method]:
+    """Methods registered as a Server registers them: with their contract, so refused params never reach them."""
+    from fastrpc.contracts import Contract
+
+    def uadd(a, b):  # type: ignore[no-untyped-def]
+        return a + b
+
+    def kw(a, *, k):  # type: ignore[no-untyped-def]
+        return a
+
+    def rest(a, *more):  # type: ignore[no-untyped-def]
+        return [a, *more]
+
+    def tadd(a: int, b: int) -> int:
+        return a + b
+
+    def topt(a: int, b: str = "x") -> str:
+        return b * a
+
+    def tfloat(x: float, y: List[int]) -> float:  # not decided by kinds alone: the precise walk every time
+        return x
+
+    async def tlater(a: int) -> int:
+        return a
+
+    out: Dict[str, Method] = {}
+    for func in (uadd, kw, rest, tadd, topt, tfloat, tlater):
+        contract = Contract(func, func.__name__)
+        out[func.__name__] = Method(func.__name__, contract.func, contract=contract)
+    out["later"] = methods()["later"]
+    return out
+
+
+def answered(name: str, stream: bytes, max_frame_size: int = MAX_FRAME) -> List[Any]:
+    """What one core returns for ``stream`` over ``contracted()``, and what it told ``count_error``."""
+    counted: List[Any] = []
+    calls: List[Any] = []
+    core = SERVER_CONNECTIONS[name](contracted(), calls.append, max_frame_size=max_frame_size,
+                                    count_error=lambda method, code, returned: counted.append((method, int(code), returned)))
+    out = [core.receive_data(stream), counted]
+    for call in calls:
+        call.coro.close()
+    return out
+
+
+BAD_CALLS = [
+    b'{"in": "uadd", "params": [1], "id": 1}', b'{"in": "uadd", "params": [1, 2, 3]}', b'{"in": "uadd", "id": "x"}',
+    b'{"in": "uadd", "params": 5, "id": 9223372036854775808}', b'{"in": "uadd", "params": {"a": 1}, "id": 2}',
+    b'{"in": "uadd", "params": {"a": 1, "b": 2, "c": 3}}', b'{"in": "kw", "params": [1], "id": 3}',
+    b'{"in": "kw", "params": [1, 2]}', b'{"in": "rest", "id": 4}', b'{"in": "rest", "params": [1, 2, 3, 4], "id": 5}',
+    b'{"in": "tadd", "params": [1, "2"], "id": 6}', b'{"in": "tadd", "params": [1]}', b'{"in": "tadd", "params": ["1", 2.5]}',
+    b'{"in": "tadd", "params": [1, 2, 3], "id": 7}', b'{"in": "tadd", "params": {"a": 1, "c": 2}, "id": 8}',
+    b'{"in": "tadd", "params": null, "id": 9}', b'{"in": "topt", "params": [true], "id": 10}', b'{"in": "topt", "params": [1, 2]}',
+    b'{"in": "tfloat", "params": ["x", [1, "y"]], "id": 11}', b'{"in": "tlater", "params": ["x"], "id": 12}',
+    b'{"in": "nope", "params": [1], "id": 13}', b'{"in": "nope"}', b'{"in": "n\\u00e9\'\\"", "id": "q"}',
+    b'{"in": "rpc.nope", "id": 14}', b'{"in": "rpc.notices", "id": 15}', b'{"in": "rpc.notices"}', b'{"in": 7, "id": 16}',
+    b'{"in": "nope", "id": true}', b'{"in": "uadd", "params": [1, 2], "id": 17}', b'{"in": "tadd", "params": [1, 2]}',
+]
+
+
+@pytest.mark.parametrize("body", BAD_CALLS, ids=lambda body: body.decode())
+def test_each_refusal_is_written_and_counted_alike(body: bytes) -> None:
+    stream = frame(body) * 3  # the first time made, then kept: the same bytes each time
+    assert answered("cython", stream) == answered("python", stream)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(BAD_CALLS), max_size=12))
+def test_refusals_in_any_order_are_written_alike(sent: List[bytes]) -> None:
+    """Kept refusals (a typed method keeps its last) never answer a call with another's."""
+    stream = b"".join(frame(body) for body in sent)
+    assert answered("cython", stream) == answered("python", stream)
+
+
+def test_refusals_are_the_words_of_the_protocol() -> None:
+    calls = [b'{"in": "uadd", "params": [1], "id": 1}', b'{"in": "uadd", "params": [1, 2, 3]}',
+             b'{"in": "tadd", "params": [1, "2"], "id": "a"}', b'{"in": "tadd", "params": [1, 2, 3], "id": 2}',
+             b'{"in": "nope", "id": 3}']
+    for name in SERVER_CONNECTIONS:
+        out, counted = answered(name, b"".join(frame(body) for body in calls))
+        assert out == b"".join(frame(body) for body in [
+            b'{"out": "error", "error": {"code":-32602,"message":"invalid params for \'uadd\': missing a required argument: \'b\'"}, "id": 1}',
+            b'{"out": "error", "error": {"code":-32602,"message":"invalid params for \'uadd\': too many positional arguments"}, "id": null}',
+            b'{"out": "error", "error": {"code":-32602,"message":"invalid params for \'tadd\': params.b: expected int, got str",'
+            b'"data":["params.b: expected int, got str"]}, "id": "a"}',
+            b'{"out": "error", "error": {"code":-32602,"message":"invalid params for \'tadd\': params[2]: unexpected",'
+            b'"data":["params[2]: unexpected"]}, "id": 2}',
+            b'{"out": "error", "error": {"code":-32601,"message":"method not found: \'nope\'"}, "id": 3}',
+        ]), name
+        assert counted == [("uadd", -32602, False)] * 2 + [("tadd", -32602, False)] * 2 + [(None, -32601, False)]
+
+
+def test_an_id_less_refusal_waits_behind_a_reply_owed() -> None:
+    stream = frame(b'{"in": "later", "params": [1]}') + frame(b'{"in": "uadd", "params": [1]}') + frame(b'{"in": "nope"}')
+    for name in SERVER_CONNECTIONS:
+        assert answered(name, stream)[0] == b"", name  # both wait for the async call's reply
+    assert answered("cython", stream) == answered("python", stream)
+
+
+def test_a_refusal_over_the_frame_limit_is_replaced_alike() -> None:
+    long_name = "n" * 80
+    stream = frame(b'{"in": "%s", "id": 1}' % long_name.encode()) + frame(b'{"in": "uadd", "params": [1], "id": 2}')
+    cython, python = answered("cython", stream, max_frame_size=120), answered("python", stream, max_frame_size=120)
+    assert cython == python
+    assert cython[0].count(b'"code":-32000') == 2
