@@ -125,7 +125,7 @@ cdef class ClientCore:
         self._last_key += 1
         return self._last_key
 
-    def request(self, method, params, waiter, deadline=None, meta=None):
+    def request(self, method, params, waiter, deadline=None, meta=None, list group=None, when=None, stated=None):
         """Queue a call; returns its key. See ``_client_core_py.ClientCore.request``."""
         cdef long long ms = -1
         cdef object key
@@ -174,6 +174,8 @@ cdef class ClientCore:
         PyDict_SetItem(self.waiters, key, waiter)
         if not self.ids:
             self._order.append(key)
+        if group is not None and when is not None:
+            joins(group, key, method, stated, when)
         return key
 
     cdef bytes _prefix(self, object method):
@@ -284,14 +286,16 @@ cdef class ClientCore:
                 self._other(rid, waiter, reply)
 
 
-@cython.boundscheck(True)  # IndexError for a short list, as the twin raises
-def join_group(list group, long long key, method, stated, double deadline):
+def join_group(list group, key, method, stated, double deadline):
     """Whether call ``key`` joins ``group``; see ``_client_core_py.join_group``."""
-    cdef double when
-    if group is None:
-        return False
-    when = group[0]
-    if <long long>group[2] != key - 1 or not (when <= deadline <= when + SLACK):
+    return group is not None and joins(group, key, method, stated, deadline)
+
+
+@cython.boundscheck(True)  # IndexError for a short list, as the twin raises
+cdef bint joins(list group, object key, object method, object stated, double deadline) except -1:
+    """``join_group`` for a group that is not None (``request`` tests its call with it, in the same C call)."""
+    cdef double when = group[0]
+    if <long long>group[2] != <long long>key - 1 or not (when <= deadline <= when + SLACK):
         return False
     if group[3] != method or group[4] != stated:
         return False

@@ -55,9 +55,12 @@ class ClientCore:
         self._resolve: Any = None
 
     def request(self, method: str, params: Any, waiter: Any, deadline: Optional[float] = None,
-                meta: Optional[Mapping[str, str]] = None) -> int:
+                meta: Optional[Mapping[str, str]] = None, group: Optional[List[Any]] = None,
+                when: Optional[float] = None, stated: Optional[float] = None) -> int:
         """Queue a call; returns its key for ``forget``. ``deadline`` (seconds) tells the server when
-        to give up on it; ``meta`` is its metadata.
+        to give up on it; ``meta`` is its metadata. With ``group`` and ``when`` (the async client's
+        timeout group and the call's loop time to time out at, named with ``stated``) the call joins the
+        group if ``join_group`` says it does: one call of the core rather than two per call.
 
         Raises FrameTooLarge (nothing queued) if the request does not fit the maximum frame size;
         ValueError if ``meta`` is not valid metadata. The key is used up either way.
@@ -70,6 +73,8 @@ class ClientCore:
         self.waiters[key] = waiter
         if not self.ids:
             self._order.append(key)
+        if group is not None and when is not None:
+            join_group(group, key, method, stated, when)
         return key
 
     def _queue(self, body: bytes) -> None:

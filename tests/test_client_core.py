@@ -225,3 +225,17 @@ def test_a_call_joins_the_group_just_before_it_within_the_slack() -> None:
         assert not module.join_group(group, 6, "ping", 1, 10.002)  # past the slack
         assert not module.join_group(None, 6, "ping", 1, 10.0)
         assert group == [10.0, 3, 5, "ping", 1]
+
+
+def test_a_request_joins_its_group_as_join_group_says() -> None:
+    """``request`` given the async client's group tests the call with it in the same call of the core."""
+    for name in CLIENT_CONNECTIONS:
+        core = CLIENT_CONNECTIONS[name](lambda *a: None)
+        group = [10.0, 0, 0, "ping", 1]
+        assert core.request("ping", ABSENT, "a", 1, None, group, 10.0, 1) == 1 and group[2] == 1
+        assert core.request("ping", ABSENT, "b", None, None, group, None, None) == 2 and group[2] == 1  # no timeout
+        assert core.request("ping", ABSENT, "c", 1, None, group, 10.0, 1) == 3 and group[2] == 1  # not the next key
+        group[2] = 3
+        assert core.request("add", ABSENT, "d", 1, None, group, 10.0, 1) == 4 and group[2] == 3  # another method
+        assert core.request("ping", ABSENT, "e", 1, None, None, 10.0, 1) == 5
+        assert core.waiters == {1: "a", 2: "b", 3: "c", 4: "d", 5: "e"}
