@@ -33,7 +33,7 @@ from .endpoints import (
 )
 from .contracts import decode
 from .errors import CallTimeout, ConnectionClosed, FastRPCError, ShuttingDown
-from .framing import TIMER_SLACK, join_group
+from .framing import TIMER_SLACK
 from .hooks import ClientHook, Hooks, checked_meta
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
 from .net import address_text, connect_failed, set_nodelay
@@ -68,13 +68,14 @@ class _Call(asyncio.Future):
     _link: "_ClientProtocol"
     _key: int
     #: With a refusal resent by the call itself (the direct path): ``Client._call_anywhere``'s
-    #: arguments, then the task resending it.
-    _again: "Union[None, Tuple[Any, ...], asyncio.Task[Any]]"
+    #: arguments (set by ``ClientCore.send``), then the task resending it. Left unset otherwise (a
+    #: store per call saved): read with ``getattr``, on the rare paths only.
+    _again: "Union[Tuple[Any, ...], asyncio.Task[Any]]"
 
     def cancel(self, msg: Any = None) -> bool:
         if not super().cancel(msg):
             return False
-        again = self._again
+        again = getattr(self, "_again", None)
         if again is not None and type(again) is not tuple:
             again.cancel()
         self._link.forget(self._key)  # a no-op if it was answered; else a cancel frame goes out
@@ -124,7 +125,7 @@ def _deliver(call: _Call, result: Any, error: Optional[BaseException]) -> None:
         return
     if error is None:
         call.set_result(result)
-    elif call._again is not None and isinstance(error, ShuttingDown) and error.never_ran:
+    elif getattr(call, "_again", None) is not None and isinstance(error, ShuttingDown) and error.never_ran:
         call.resend(error)
     else:
         call.set_exception(error)
@@ -264,23 +265,9 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         if not self.open:
             raise NotSent("connection is closed")
         deadline = None if timeout is None else self.loop.time() + timeout
-        return await self.send(method, params, timeout, stated, meta, deadline)
-
-    def send(self, method: str, params: Any, timeout: Optional[float], stated: Optional[float],
-             meta: Optional[Dict[str, str]], deadline: Optional[float]) -> _Call:
-        """Queue one call now, room or not, and return its future, which fails with CallTimeout (naming
-        ``stated`` s) at ``deadline`` (loop time; None: never)."""
-        call = _Call()  # of the running loop, this one: its loop argument costs a third of the future
-        key = self.core.request(method, params, call, timeout, meta)
-        call._link = self
-        call._key = key
-        call._again = None
-        if deadline is not None and not join_group(self._group, key, method, stated, deadline):
-            self._start_group(key, method, stated, deadline)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self.flush)
-        return call
+        # Sent now, room or not: the core makes its _Call (of the running loop, this one: a loop argument
+        # costs a third of the future), which fails with CallTimeout naming ``stated`` s at ``deadline``.
+        return await self.core.send(self, _Call, method, params, timeout, stated, meta, deadline, self._group)
 
     def _start_group(self, key: int, method: str, stated: Optional[float], deadline: float) -> None:
         """A new timeout group, of call ``key`` so far: it fires at ``deadline``."""
@@ -453,11 +440,12 @@ class Client:
                     if meta is not None:
                         meta = checked_meta(meta)
                     deadline = None if timeout is None else self._loop.time() + timeout
-                    call = link.send(method, params, timeout, timeout, meta, deadline)
+                    # One C call (ClientCore.send): the future, the request, its timeout group; it resends
+                    # itself through this client if refused unrun.
+                    return link.core.send(link, _Call, method, params, timeout, timeout, meta, deadline, link._group,
+                                          self, idempotent)
                 except Exception as exc:  # raised when awaited, as the coroutine raised it
                     return _failed(self._loop, exc)
-                call._again = (self, method, params, meta, idempotent, timeout, deadline)  # for a refusal
-                return call
         return self._call(method, params, timeout, idempotent, meta)
 
     @staticmethod

@@ -225,3 +225,56 @@ def test_a_call_joins_the_group_just_before_it_within_the_slack() -> None:
         assert not module.join_group(group, 6, "ping", 1, 10.002)  # past the slack
         assert not module.join_group(None, 6, "ping", 1, 10.0)
         assert group == [10.0, 3, 5, "ping", 1]
+
+
+
+class Link:
+    """What ``ClientCore.send`` uses of the async client's connection."""
+
+    def __init__(self) -> None:
+        self.groups: List[List[Any]] = []
+        self.flushes = 0
+
+    def _start_group(self, key: int, method: str, stated: Any, deadline: float) -> None:
+        self.groups.append([deadline, key, key, method, stated])
+
+    def schedule_flush(self) -> None:
+        self.flushes += 1
+
+
+class Waiter:
+    __slots__ = ("_link", "_key", "_again")
+
+
+def sent(name: str) -> List[Any]:
+    """What one core's ``send`` does with a few calls: the waiters' slots, the groups, the flushes, the bytes."""
+    core = CLIENT_CONNECTIONS[name](lambda *a: None)
+    link = Link()
+    made = [core.send(link, Waiter, "ping", ABSENT, 1, 2, None, 10.0, None, "client", True)]
+    group = link.groups[0]
+    made.append(core.send(link, Waiter, "ping", [1], 1, 2, None, 10.0005, group))  # joins it
+    made.append(core.send(link, Waiter, "add", [1, 2], 1, 2, {"k": "v"}, 10.0, group))  # another method: a group of its own
+    made.append(core.send(link, Waiter, "ping", ABSENT, None, None, None, None, link.groups[-1], "client"))  # no timeout
+    first = [link.flushes, core.data_to_send()]
+    made.append(core.send(link, Waiter, "ping", ABSENT, None, None, None, None, None))  # after a flush: another
+    slots = [(w._link is link, w._key, getattr(w, "_again", None)) for w in made]
+    return [slots, link.groups, first, link.flushes, core.data_to_send(), list(core.waiters)]
+
+
+def test_both_cores_send_alike() -> None:
+    slots, groups, flushes_before, flushes, _, keys = outcome = sent("cython")
+    assert outcome == sent("python")
+    assert slots == [(True, 1, ("client", "ping", ABSENT, None, True, 2, 10.0)), (True, 2, None), (True, 3, None),
+                     (True, 4, ("client", "ping", ABSENT, None, None, None, None)), (True, 5, None)]
+    assert groups == [[10.0, 1, 2, "ping", 2], [10.0, 3, 3, "add", 2]]
+    assert (flushes_before[0], flushes, keys) == (1, 2, [1, 2, 3, 4, 5])  # one flush per emptied buffer
+
+
+def test_send_needs_its_waiters_slots() -> None:
+    class NoSlots:
+        pass
+
+    core = CLIENT_CONNECTIONS["cython"](lambda *a: None)
+    with pytest.raises(TypeError, match="NoSlots._link is not a slot"):
+        core.send(Link(), NoSlots, "ping", ABSENT, None, None, None, None, None)
+    assert not core.waiters and core.data_to_send() == b""  # nothing sent
