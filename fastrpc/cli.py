@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import orjson
 
 from . import __version__
+from .allocator import keep_freed_memory
 from .errors import CallTimeout, ConnectionClosed, RemoteError
 from .limits import DEFAULT_MAX_FRAME_SIZE, check_max_frame_size
 from .metrics import MetricsBindError
@@ -64,6 +65,8 @@ def _server_arguments(settings: Dict[str, Any]) -> List[str]:
 def _serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         return _serve_workers(args)
+    if not args.release_memory:
+        keep_freed_memory()
     if args.app:
         server = load_server(args.app)
     else:
@@ -162,6 +165,8 @@ def _serve_workers(args: argparse.Namespace) -> int:
             command += ["--" + flag.replace("_", "-"), getattr(args, flag)]
     if args.access_log:
         command.append("--access-log")
+    if args.release_memory:
+        command.append("--release-memory")
     metrics: Dict[str, Any] = {}
     metrics_at = None
     if args.metrics_port is not None:
@@ -359,6 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=_port, default=8080, help="(default 8080; 0: any free port)")
     serve.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto")
+    serve.add_argument("--release-memory", action="store_true",
+                       help="hand freed memory back to the OS at once (glibc's default): less held after large "
+                            "frames, a page fault per page of each new one (default: kept for reuse, see "
+                            "fastrpc.allocator)")
     for name, (kind, metavar, text) in _SERVER_OPTIONS.items():
         serve.add_argument("--" + name.replace("_", "-"), type=kind, default=None, metavar=metavar, help=text)
     for name, text in _SERVER_FLAGS.items():
