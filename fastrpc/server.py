@@ -774,7 +774,7 @@ class _Connection(asyncio.BufferedProtocol):
         for call, task in self._tasks.items():  # a stream may never end by itself: it ends now
             if call.stream is not None:
                 self._stopped[call] = ShuttingDown("the server is shutting down: the stream was ended", {"started": True})
-                task.cancel()
+                self._loop.call_soon(task.cancel)  # not at once: one read with this drain may not have started yet
         if core.drain_notice(reason) and not self._done():
             self._transport.write(core.data_to_send())  # at once: ahead of the replies still owed
         self._close_when_quiet()

@@ -595,3 +595,27 @@ def test_large_items_go_out_as_they_are_made(run: Any) -> None:
             assert got == 40
 
     run(main())
+
+
+def test_a_drain_in_the_read_that_started_a_stream_still_ends_it(run: Any) -> None:
+    """A stream whose task has not taken its first step when the connection drains is still answered
+    (-32002 {"started": true}) and forgotten: the drain does not wait for the grace."""
+    async def main() -> None:
+        server = stream_server(Probe(), shutdown_grace=30.0)
+        async with serving(server) as port:
+            raw = await RawConnection.open(port)
+            await raw.send(frame(b'{"in": "add", "params": [1, 2], "id": 1}'))
+            assert await raw.read_frame() == b'{"out": "add", "result": 3, "id": 1}'
+            (connection,) = server._connections
+            # The stream's request and the drain in one step of the loop: its task is created, not started.
+            connection._core.receive_data(frame(b'{"in": "numbers", "params": [1000000000, "early"], "id": 2, "credit": 5}'))
+            connection._drain("shutdown")
+            for _ in range(6):  # perhaps an item or a few (within its credit of 5), then the end
+                reply = orjson.loads(await within("the stream's end", raw.read_frame(), 5.0, port))
+                if "item" not in reply:
+                    break
+            assert reply["id"] == 2 and reply["error"]["code"] == -32002 and reply["error"]["data"] == {"started": True}
+            assert await within("the drained connection's close", raw.at_eof(), 5.0, port)
+            await raw.close()
+
+    run(main())
