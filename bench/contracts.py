@@ -38,6 +38,7 @@ import orjson  # noqa: E402
 import fastrpc  # noqa: E402
 from fastrpc import _server_core_py, contracts, framing, protocol  # noqa: E402
 from fastrpc.framing import pack_frames  # noqa: E402
+from fastrpc.stats import ServerStats  # noqa: E402
 
 FIELDS = [f"f{i:02d}" for i in range(20)]
 # A 20-field record, one of each kind in turn: int, float, str, bool, list[int].
@@ -168,7 +169,8 @@ CASES = {  # label: (method, params)
 def run_case(label: str, reads: int) -> None:
     """``reads`` reads of 64 requests of case ``label`` through the chosen core (what callgrind counts)."""
     name, params = CASES[label]
-    core = protocol.ServerConnection(server().methods, lambda call: None)
+    # Errors counted as a server counts them (ServerStats.count_error), so that a refusal costs what it does there.
+    core = protocol.ServerConnection(server().methods, lambda call: None, count_error=ServerStats().count_error)
     batch = pack_frames([orjson.dumps({"in": name, "params": params, "id": i}) for i in range(64)])
     for _ in range(reads):
         core.receive_data(batch)
