@@ -596,6 +596,12 @@ def encode_request(method: str, params: Any = ABSENT, rid: Optional[Id] = None, 
     return _dumps(request)
 
 
+def check_window(window: int) -> None:
+    """ValueError unless ``window`` is a stream's credit a server takes (1 to MAX_CREDIT items)."""
+    if not 1 <= window <= MAX_CREDIT:
+        raise ValueError(f"a stream's window must be from 1 to {MAX_CREDIT} items, got {window!r}")
+
+
 class StreamEnd:
     """What a stream's waiter is resolved with when its end frame comes: the count of items the
     server sent (section 12). A stream resolved with anything else was answered as a plain call."""
@@ -693,8 +699,7 @@ class _ClientRarerPaths:
         ``StreamEnd``, a failure is delivered as a call's. ValueError in the ordered mode (ids=False)."""
         if not self.ids:  # type: ignore[attr-defined]
             raise ValueError("streams need ids: they cannot be called on a client with ids=False")
-        if not 1 <= credit <= MAX_CREDIT:
-            raise ValueError(f"a stream's window must be from 1 to {MAX_CREDIT} items, got {credit!r}")
+        check_window(credit)
         key: int = self._next_key()  # type: ignore[attr-defined]
         body = encode_request(method, params, key, deadline, meta, credit)
         if len(body) > self._max_frame_size:  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Deque, Dict, Optional
 
 from .errors import CallTimeout, ProtocolError, ShuttingDown
-from .protocol import MAX_CREDIT, StreamEnd
+from .protocol import StreamEnd, check_window
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import Client, _ClientProtocol
@@ -81,8 +81,7 @@ class Stream:
         self._states: Any = None  # the client's hooks' states, once told of the start
         self._over = False  # ended, failed or stopped: the server owes it nothing more
         self.sent: Optional[int] = None
-        if not 1 <= window <= MAX_CREDIT:  # checked last: __del__ reads the fields above
-            raise ValueError(f"a stream's window must be from 1 to {MAX_CREDIT} items, got {window!r}")
+        check_window(window)  # here, so that a bad window fails at the call; last: __del__ reads the fields above
 
     def __aiter__(self) -> "Stream":
         return self
