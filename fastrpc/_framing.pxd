@@ -13,7 +13,13 @@ cdef class FrameReader:
     cdef readonly unsigned long long frames
 
     cdef int advance(self, Py_ssize_t nbytes) except -1
+    cdef Py_ssize_t _complete(self) except -2
     cdef object next_body(self)
+    # The next frame's body where it lies in the buffer, taken, when it is all here and
+    # under COPY_BELOW bytes (what next_body would copy): valid until the buffer next
+    # changes (feed, get_buffer). Else NULL, and ``size`` is the next complete frame's
+    # size (next_body hands that one out) or -1 (none is complete yet).
+    cdef const unsigned char* next_small(self, Py_ssize_t* size) except? NULL
     cdef Py_ssize_t _wanted(self)
     cdef _set_buffer(self, bytearray buf)
     cdef _reserve(self, Py_ssize_t room)

@@ -97,22 +97,36 @@ cdef class FrameReader:
         """The next complete frame body, or None until more data arrives."""
         return self.next_body()
 
-    cdef object next_body(self):
-        cdef Py_ssize_t start = self._start
-        cdef Py_ssize_t avail = self._end - start
+    cdef Py_ssize_t _complete(self) except -2:
+        """The size of the next frame's body if it is all here, else -1; FrameTooLarge past the limit."""
+        cdef Py_ssize_t avail = self._end - self._start
         cdef Py_ssize_t size
         if avail < HEADER:
-            return None
-        size = read_length(<const unsigned char*>PyByteArray_AS_STRING(self._buf) + start)
+            return -1
+        size = read_length(<const unsigned char*>PyByteArray_AS_STRING(self._buf) + self._start)
         if size > self.max_frame_size:
             raise FrameTooLarge(size, self.max_frame_size)
-        if avail - HEADER < size:
+        return size if avail - HEADER >= size else -1
+
+    cdef object next_body(self):
+        cdef Py_ssize_t start = self._start
+        cdef Py_ssize_t size = self._complete()
+        if size < 0:
             return None
         self._start = start + HEADER + size
         self.frames += 1
         if size < COPY_BELOW:
             return PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self._buf) + start + HEADER, size)
         return self._view[start + HEADER:self._start]
+
+    cdef const unsigned char* next_small(self, Py_ssize_t* size) except? NULL:
+        cdef Py_ssize_t start = self._start
+        size[0] = self._complete()
+        if size[0] < 0 or size[0] >= COPY_BELOW:
+            return NULL
+        self._start = start + HEADER + size[0]
+        self.frames += 1
+        return <const unsigned char*>PyByteArray_AS_STRING(self._buf) + start + HEADER
 
     cdef Py_ssize_t _wanted(self):
         cdef Py_ssize_t avail = self._end - self._start

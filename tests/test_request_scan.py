@@ -1,0 +1,120 @@
+"""The compiled core reads plain requests in place, without orjson (``_scan_request``); the twin has
+orjson read every request. Whatever a body is, both must answer it alike: the scanner may only take
+what orjson reads the same way, and must hand everything else (escapes, floats, a key twice, deep
+nesting, broken JSON) to orjson whole.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, List
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from .conftest import SERVER_CONNECTIONS
+from .test_server_core import frame, run
+
+pytestmark = pytest.mark.skipif(len(SERVER_CONNECTIONS) < 2, reason="the compiled core is not in use (FASTRPC_NO_EXTENSIONS=1; or not built, which test_implementation fails)")
+
+
+def alike(*bodies: bytes) -> None:
+    stream = b"".join(frame(body) for body in bodies)
+    assert run("cython", stream, []) == run("python", stream, [])
+
+
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b"1" + b"]" * depth
+
+
+TRICKY = [
+    # the plain shapes the scanner takes, with every kind of value
+    b'{"in":"raw","params":null,"id":1}', b'{"in":"raw","params":true,"id":2}', b'{"in":"raw","params":false}',
+    b'{"in":"raw","params":-0,"id":3}', b'{"in":"raw","params":123456789012345678,"id":4}',
+    b'{"in":"raw","params":-123456789012345678,"id":-5}', b'{"in":"raw","params":"plain text ~","id":"x"}',
+    b'{"in":"raw","params":"","id":""}', b'{"in":"raw","params":[],"id":null}', b'{"in":"raw","params":{}}',
+    b'{"in":"raw","params":[1,[2,{"a":[3]}],"]}[{",{"q\\"":"\\\\"}],"id":6}',
+    b' \t\n{ "id" : 7 ,\r\n "params" : [ 1 , 2 ] , "in" : "echo" } \n', b'{"params":{"a":1,"b":[2]},"in":"echo"}',
+    b'{"in":"none"}', b'{"in":"echo","id":8}', b'{"in":"later","params":[1],"id":9}', b'{"in":"fail","params":[1],"id":10}',
+    # values orjson must read: escapes, non-ASCII, DEL, floats, exponents, long or big numbers
+    b'{"in":"raw","params":"tab\\tquote\\"","id":11}', b'{"in":"raw","params":"\xc3\xa9\xf0\x9f\x98\x80","id":12}',
+    b'{"in":"raw","params":"del\x7f","id":13}', b'{"in":"raw","params":1.5,"id":14}', b'{"in":"raw","params":1e3,"id":15}',
+    b'{"in":"raw","params":-2E-2}', b'{"in":"raw","params":1234567890123456789,"id":16}',
+    b'{"in":"raw","params":18446744073709551615,"id":17}', b'{"in":"raw","params":18446744073709551616,"id":18}',
+    b'{"in":"raw","params":-9223372036854775809,"id":19}', b'{"in":"raw","params":"x","id":1234567890123456789}',
+    b'{"in":"raw","id":"\\u0041"}', b'{"in":"r\\u0061w","id":20}', b'{"in":"caf\xc3\xa9","id":21}',
+    b'{"in":"raw","id":1.0}', b'{"in":"raw","id":true}', b'{"in":"raw","id":[1]}', b'{"in":"raw","id":{}}',
+    b'{"in":"raw","params":' + nested(63) + b',"id":22}', b'{"in":"raw","params":' + nested(64) + b',"id":23}',
+    b'{"in":"raw","params":' + nested(65) + b',"id":24}', b'{"in":"raw","params":' + nested(1100) + b',"id":25}',
+    # other keys, repeats, missing or wrong "in"
+    b'{"in":"raw","id":26,"meta":{"k":"v"}}', b'{"in":"later","params":[1],"deadline":5,"id":27}',
+    b'{"in":"raw","in":"echo","id":28}', b'{"in":"raw","id":1,"id":29}', b'{"in":"raw","params":1,"params":2,"id":30}',
+    b'{"id":31}', b'{}', b'{"in":7,"id":32}', b'{"in":null,"id":33}', b'{"in":"","id":34}', b'{"in":"rpc.nope","id":35}',
+    b'{"in":"nope","id":36}', b'{"in":"nope","id":37}', b'{"in":"nope"}', b'{"cancel":5}', b'{"credit":3,"id":1}',
+    # not JSON, or not a request: broken anywhere the scanner looks
+    b'', b' ', b'[]', b'"in"', b'{"in":"raw"', b'{"in":"raw",}', b'{"in":"raw" "id":1}', b'{"in" "raw"}', b'{"in":"raw"}}',
+    b'{"in":"raw"} x', b'{"in":"raw","params":nul}', b'{"in":"raw","params":nulls}', b'{"in":"raw","params":tru}',
+    b'{"in":"raw","params":falsey}', b'{"in":"raw","params":01}', b'{"in":"raw","params":-}', b'{"in":"raw","params":-01}',
+    b'{"in":"raw","params":1.}', b'{"in":"raw","params":.5}', b'{"in":"raw","params":+1}', b'{"in":"raw","params":0x1}',
+    b'{"in":"raw","params":[1,2}', b'{"in":"raw","params":[1,2]]}', b'{"in":"raw","params":{"a":1]}', b'{"in":"raw","params":[1,]}',
+    b'{"in":"raw","params":"open}', b'{"in":"raw","params":"esc\\', b'{"in":"raw","params":"ctl\x01"}', b'{"in":"raw","params":"\xff"}',
+    b'{"in":"ra\x00w"}', b'{"in":"raw","params":[1 2]}', b'{"in":"raw","params":NaN}', b'{"in":"raw","params":Infinity}',
+    b'\xef\xbb\xbf{"in":"raw"}', b'{"in":"raw","params":1,}', b"{'in':'raw'}", b'{"in":"raw","id":01}', b'{"in":"raw","id":-}',
+]
+
+
+@pytest.mark.parametrize("body", TRICKY, ids=lambda body: body[:60].decode("utf-8", "replace"))
+def test_each_tricky_body_is_answered_alike(body: bytes) -> None:
+    alike(body)
+
+
+def test_all_tricky_bodies_in_one_stream_are_answered_alike() -> None:
+    """One stream: the scanner's results and orjson's interleave, and a name it makes (or a refusal kept) is reused."""
+    alike(*TRICKY, *TRICKY)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=8,
+)
+keys = st.sampled_from(["in", "id", "params", "meta", "deadline"])
+names = st.sampled_from(["raw", "echo", "none", "later", "nope", "rpc.x", "caf\u00e9", ""])
+ids = st.none() | st.integers(-2**64, 2**64) | st.text(max_size=4) | st.booleans() | st.floats(allow_nan=False)
+spaces = st.sampled_from(["", " ", "\n", "\t ", "\r\n"])
+
+
+@st.composite
+def request_texts(draw: Any) -> bytes:
+    """A request written by hand: keys in any order, repeated, with whitespace anywhere JSON allows."""
+    members = []
+    for key in draw(st.lists(keys, min_size=0, max_size=4)):
+        value = draw(names) if key == "in" else draw(ids) if key == "id" else draw(json_values)
+        members.append(draw(spaces) + json.dumps(key) + draw(spaces) + ":" + draw(spaces) + json.dumps(value, ensure_ascii=draw(st.booleans())))
+    text = draw(spaces) + "{" + ",".join(members) + draw(spaces) + "}" + draw(spaces)
+    return text.encode("utf-8", "surrogatepass")
+
+
+@st.composite
+def mutated(draw: Any) -> bytes:
+    """A valid request with one byte put in, taken out or changed: the scanner must not take broken JSON."""
+    body = bytearray(draw(request_texts()) or b"{}")
+    at = draw(st.integers(0, len(body) - 1))
+    change = draw(st.sampled_from(["insert", "delete", "replace"]))
+    byte = draw(st.sampled_from(b'{}[]",:\\ 0-.e\x00\x7f\xc3n'))
+    if change == "insert":
+        body.insert(at, byte)
+    elif change == "delete":
+        del body[at]
+    else:
+        body[at] = byte
+    return bytes(body)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(request_texts() | mutated() | st.builds(orjson.dumps, st.fixed_dictionaries({"in": names}, optional={"id": ids, "params": json_values})),
+                min_size=1, max_size=8))
+def test_any_request_text_is_answered_alike(bodies: List[bytes]) -> None:
+    alike(*bodies)
