@@ -6,7 +6,7 @@ writes a plain call's request (a method name, params or none, its id and deadlin
 straight into one output buffer: the bytes ``{"in":`` and the method's name are kept per
 method, the id and the deadline's milliseconds are written as digits, and only the params go
 through orjson (no request dict, no body object, no join). Replies are read with no Python
-frame but the waiter's resolve. Anything rarer (metadata, odd deadlines, a method that is
+frame but the waiter's resolve, and a plain success without orjson's dict (``_scan``). Anything rarer (metadata, odd deadlines, a method that is
 not a str) is encoded by ``protocol.encode_request``, as the twin encodes everything.
 """
 
@@ -17,7 +17,7 @@ from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject
 from libc.math cimport ceil, isfinite
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 from collections import deque
 from types import MemberDescriptorType
@@ -25,6 +25,7 @@ from types import MemberDescriptorType
 import orjson
 
 from fastrpc._framing cimport FrameReader
+from fastrpc._scan cimport V_INT, V_NONE, V_TEXT, Value, scan_object, value_of
 from fastrpc.absent import ABSENT
 from fastrpc.errors import FrameTooLarge
 
@@ -296,10 +297,18 @@ cdef class ClientCore:
         cdef object body, reply, rid, waiter
         cdef PyObject* item
         cdef PyObject* out
+        cdef const unsigned char* small
+        cdef Py_ssize_t size
         reader.advance(nbytes)
         while True:
-            body = reader.next_body()
-            if body is None:
+            small = reader.next_small(&size)
+            if small is not NULL:
+                if self._resolve_small(small, size):
+                    continue
+                body = PyBytes_FromStringAndSize(<const char*>small, size)
+            elif size >= 0:
+                body = reader.next_body()
+            else:
                 return 0
             try:
                 reply = _loads(body)
@@ -335,6 +344,30 @@ cdef class ClientCore:
                 PyDict_DelItem(waiters, rid)
             self._other(rid, waiter, reply)
 
+
+    cdef bint _resolve_small(self, const unsigned char* s, Py_ssize_t n) except -1:
+        """Whether a body read where it lies (``next_small``) was a plain success with an id
+        (``_scan.scan_object``: "out" text other than "error", any "result", "id" an int or text),
+        now delivered, as ``_read`` delivers one that orjson read; any other is left to orjson."""
+        cdef Value scanned[3]  # "out", "result", "id"
+        cdef object result, rid, waiter
+        cdef PyObject* item
+        if (not scan_object(s, n, '"out"', '"result"', '"id"', scanned) or scanned[0].kind != V_TEXT
+                or (scanned[0].size == 5 and memcmp(s + scanned[0].at, b"error", 5) == 0)
+                or scanned[1].kind == V_NONE or (scanned[2].kind != V_INT and scanned[2].kind != V_TEXT)):
+            return False
+        try:
+            result = value_of(s, &scanned[1], _loads)
+        except _JSONDecodeError:  # not JSON after all: the usual way says so
+            return False
+        rid = value_of(s, &scanned[2], _loads)
+        item = PyDict_GetItemWithError(self.waiters, rid)
+        if item is not NULL:
+            waiter = <object>item
+            PyDict_DelItem(self.waiters, rid)
+            if waiter is not None:
+                self._resolve(waiter, result)
+        return True
 
 cdef PyMemberDef* slot(type cls, str name) except NULL:
     """The member ``name`` of ``cls``'s ``__slots__`` (TypeError if it is not one)."""

@@ -12,7 +12,7 @@ refuses without an exception (a ``Refusal``). Everything rarer is left to
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItemWithError, PyDict_Next
 from cpython.list cimport PyList_GET_SIZE
-from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_FromLongLong
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
@@ -25,6 +25,7 @@ from collections import deque
 import orjson
 
 from fastrpc._framing cimport FrameReader
+from fastrpc._scan cimport V_FALSE, V_JSON, V_NONE, V_TEXT, V_TRUE, Value, ascii_text, is_text, scan_object, value_of
 from fastrpc.absent import ABSENT
 from fastrpc.errors import FrameTooLarge
 from fastrpc.refusal import NOT_FOUND, Refusal, method_not_found
@@ -34,7 +35,6 @@ __all__ = ["MethodCore", "ServerCore", "ping"]
 cdef extern from "Python.h":
     int _PyBytes_Resize(PyObject** bytes, Py_ssize_t newsize)  # on failure: frees it, NULL, MemoryError
     bint PyUnicode_IS_COMPACT_ASCII(object text)
-    object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
 
 cdef extern from *:
     """
@@ -162,209 +162,6 @@ cdef inline bint _is_key(PyObject* key, PyObject** known, str name) except -1:
     return True
 
 
-# -- requests read without orjson -----------------------------------------------------------
-# Most requests are one small object of "in", "id" and "params" with plain values: for those,
-# orjson's dict, its three keys and its values made and freed cost more than everything else a
-# pipelined call does. ``_scan_request`` reads such a body in place, making no object; the core
-# then makes only the values it uses (a name it has seen is not made at all). Anything else (other
-# keys, a key twice, escapes, non-ASCII text, floats, an error) is left to orjson, as the twin
-# does every request: what this accepts, orjson reads the same (tests/test_request_scan.py).
-
-cdef enum:
-    V_NONE = 0  # the key was not there
-    V_NULL = 1
-    V_TRUE = 2
-    V_FALSE = 3
-    V_INT = 4  # at most 18 digits: fits a long long
-    V_TEXT = 5  # printable ASCII without a quote or backslash: the bytes are the str
-    V_JSON = 6  # anything else that is a whole JSON value by its extent: orjson reads it
-    MAX_DIGITS = 18
-    MAX_DEPTH = 64  # deeper params go to orjson whole, which then sets its own limit
-
-
-cdef struct Value:
-    int kind
-    long long number
-    Py_ssize_t at  # where a V_TEXT's characters or a V_JSON's text start
-    Py_ssize_t size
-
-
-cdef struct Scanned:
-    Value name
-    Value rid
-    Value params
-
-
-cdef inline Py_ssize_t _skip_space(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept:
-    while i < n and (s[i] == c' ' or s[i] == c'\n' or s[i] == c'\r' or s[i] == c'\t'):
-        i += 1
-    return i
-
-
-cdef inline bint _is_literal(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, const char* word, Py_ssize_t size) noexcept:
-    return n - i >= size and memcmp(s + i, word, size) == 0
-
-
-cdef Py_ssize_t _skip_string(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept:
-    """Past the string whose opening quote is at ``i``, escapes and all; -1 if it does not end."""
-    i += 1
-    while i < n:
-        if s[i] == c'"':
-            return i + 1
-        i += 2 if s[i] == c'\\' else 1
-    return -1
-
-
-cdef Py_ssize_t _skip_value(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept:
-    """Past the JSON value that starts at ``i``, judged by its brackets, strings and delimiters
-    only (orjson judges the rest); -1 if it has no end or nests deeper than MAX_DEPTH."""
-    cdef int depth = 0
-    cdef unsigned char c
-    while i < n:
-        c = s[i]
-        if c == c'"':
-            i = _skip_string(s, i, n)
-            if i < 0:
-                return -1
-            if depth == 0:
-                return i
-            continue
-        if c == c'[' or c == c'{':
-            depth += 1
-            if depth > MAX_DEPTH:
-                return -1
-        elif c == c']' or c == c'}':
-            if depth == 0:
-                return i
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        elif depth == 0 and (c == c',' or c == c' ' or c == c'\n' or c == c'\r' or c == c'\t'):
-            return i
-        i += 1
-    return i if depth == 0 else -1
-
-
-cdef Py_ssize_t _scan_value(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, Value* v) noexcept:
-    """Read the value at ``i`` into ``v``: past it, or -1 where orjson must judge the whole body."""
-    cdef Py_ssize_t start = i, first
-    cdef unsigned char c
-    cdef long long number = 0
-    if i >= n:
-        return -1
-    c = s[i]
-    if c == c'"':
-        i += 1
-        while i < n and 0x20 <= s[i] < 0x7F and s[i] != c'"' and s[i] != c'\\':
-            i += 1
-        if i < n and s[i] == c'"':
-            v.kind, v.at, v.size = V_TEXT, start + 1, i - start - 1
-            return i + 1
-    elif c == c'n':
-        if _is_literal(s, i, n, "null", 4):
-            v.kind = V_NULL
-            return i + 4
-        return -1
-    elif c == c't':
-        if _is_literal(s, i, n, "true", 4):
-            v.kind = V_TRUE
-            return i + 4
-        return -1
-    elif c == c'f':
-        if _is_literal(s, i, n, "false", 5):
-            v.kind = V_FALSE
-            return i + 5
-        return -1
-    elif c == c'-' or c'0' <= c <= c'9':
-        first = i + 1 if c == c'-' else i
-        i = first
-        while i < n and c'0' <= s[i] <= c'9':
-            i += 1
-        if i == first or (s[first] == c'0' and i - first > 1):
-            return -1  # no digit, or a leading zero: not JSON
-        if i - first <= MAX_DIGITS and not (i < n and (s[i] == c'.' or s[i] == c'e' or s[i] == c'E')):
-            for first in range(first, i):
-                number = number * 10 + (s[first] - c'0')
-            v.kind, v.number = V_INT, -number if c == c'-' else number
-            return i
-        # a fraction, an exponent or more digits than fit: orjson's
-    elif c != c'[' and c != c'{':
-        return -1
-    i = _skip_value(s, start, n)
-    if i <= start:
-        return -1
-    v.kind, v.at, v.size = V_JSON, start, i - start
-    return i
-
-
-cdef bint _scan_request(const unsigned char* s, Py_ssize_t n, Scanned* out) noexcept:
-    """Whether ``s`` is a request object of "in" (text), "id" (an int, text or null) and
-    "params" (any value), each at most once: then ``out`` holds them."""
-    cdef Py_ssize_t i = _skip_space(s, 0, n)
-    cdef Value* v
-    out.name.kind = out.rid.kind = out.params.kind = V_NONE
-    if i >= n or s[i] != c'{':
-        return False
-    i = _skip_space(s, i + 1, n)
-    while True:
-        if _is_literal(s, i, n, '"in"', 4):
-            v, i = &out.name, i + 4
-        elif _is_literal(s, i, n, '"id"', 4):
-            v, i = &out.rid, i + 4
-        elif _is_literal(s, i, n, '"params"', 8):
-            v, i = &out.params, i + 8
-        else:
-            return False
-        if v.kind != V_NONE:  # a key twice: orjson keeps the last
-            return False
-        i = _skip_space(s, i, n)
-        if i >= n or s[i] != c':':
-            return False
-        i = _scan_value(s, _skip_space(s, i + 1, n), n, v)
-        if i < 0:
-            return False
-        i = _skip_space(s, i, n)
-        if i >= n:
-            return False
-        if s[i] == c'}':
-            break
-        if s[i] != c',':
-            return False
-        i = _skip_space(s, i + 1, n)
-    return (_skip_space(s, i + 1, n) == n and out.name.kind == V_TEXT
-            and out.rid.kind in (V_NONE, V_NULL, V_INT, V_TEXT))
-
-
-cdef inline bint _is_ascii_text(object text, const unsigned char* s, Py_ssize_t size) noexcept:
-    """Whether ``text`` is a str of exactly these ``size`` ASCII characters."""
-    return (type(text) is str and PyUnicode_IS_COMPACT_ASCII(text) and PyUnicode_GET_LENGTH(text) == size
-            and memcmp(PyUnicode_DATA(text), s, size) == 0)
-
-
-cdef inline str _ascii(const unsigned char* s, Py_ssize_t size):
-    """A str of ``size`` ASCII characters."""
-    cdef object text = PyUnicode_New(size, 127)
-    memcpy(PyUnicode_DATA(text), s, size)
-    return text
-
-
-cdef object _value(const unsigned char* s, Value* v):
-    """The object a scanned value stands for; orjson's errors go on (the body is then orjson's)."""
-    if v.kind == V_INT:
-        return PyLong_FromLongLong(v.number)
-    if v.kind == V_TEXT:
-        return _ascii(s + v.at, v.size)
-    if v.kind == V_NULL:
-        return None
-    if v.kind == V_TRUE:
-        return True
-    if v.kind == V_FALSE:
-        return False
-    if v.kind == V_JSON:
-        return _loads(PyBytes_FromStringAndSize(<const char*>s + v.at, v.size))
-    return _ABSENT
-
-
 def ping(params):
     """Answers with the params it was sent.
 
@@ -482,21 +279,24 @@ cdef class ServerCore:
         return self._take()
 
     cdef bint _receive_small(self, const unsigned char* s, Py_ssize_t n) except -1:
-        """A body read where it lies (``next_small``): a plain request of a known method, or of
-        a name refused before, is answered without orjson's dict; any other goes to ``_receive_frame``."""
-        cdef Scanned scanned
+        """A body read where it lies (``next_small``): a plain request (``_scan.scan_object``: "in"
+        text, "id" an int, text or null, any "params") of a known method, or of a name refused
+        before, is answered without orjson's dict; any other goes to ``_receive_frame``."""
+        cdef Value scanned[3]  # "in", "id", "params"
         cdef object rid, params, name
         cdef PyObject* entry
-        if not _scan_request(s, n, &scanned) or type(self._methods) is not dict:
+        if (not scan_object(s, n, '"in"', '"id"', '"params"', scanned) or scanned[0].kind != V_TEXT
+                or scanned[1].kind == V_TRUE or scanned[1].kind == V_FALSE or scanned[1].kind == V_JSON
+                or type(self._methods) is not dict):
             return self._receive_frame(PyBytes_FromStringAndSize(<const char*>s, n))
-        rid = None if scanned.rid.kind == V_NONE else _value(s, &scanned.rid)
+        rid = None if scanned[1].kind == V_NONE else value_of(s, &scanned[1], _loads)
         try:
-            params = _value(s, &scanned.params)
+            params = _ABSENT if scanned[2].kind == V_NONE else value_of(s, &scanned[2], _loads)
         except _JSONDecodeError:  # not JSON after all: orjson says why, of the whole body
             return self._receive_frame(PyBytes_FromStringAndSize(<const char*>s, n))
         name = self._last_name
-        if not _is_ascii_text(name, s + scanned.name.at, scanned.name.size):
-            name = _ascii(s + scanned.name.at, scanned.name.size)
+        if not is_text(name, s + scanned[0].at, scanned[0].size):
+            name = ascii_text(s + scanned[0].at, scanned[0].size)
         entry = PyDict_GetItemWithError(self._methods, name)
         if entry is NULL:
             entry = PyDict_GetItemWithError(_NOT_FOUND, name)

@@ -1,7 +1,7 @@
-"""The compiled core reads plain requests in place, without orjson (``_scan_request``); the twin has
-orjson read every request. Whatever a body is, both must answer it alike: the scanner may only take
-what orjson reads the same way, and must hand everything else (escapes, floats, a key twice, deep
-nesting, broken JSON) to orjson whole.
+"""The compiled cores read plain requests (server) and plain successes (client) where they lie, without
+orjson (``fastrpc/_scan.pxd``); the twins have orjson read every frame. Whatever a body is, both must
+answer it alike: the scanner may only take what orjson reads the same way, and must hand everything
+else (escapes, floats, a key twice, deep nesting, broken JSON) to orjson whole.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from .conftest import SERVER_CONNECTIONS
+from .conftest import CLIENT_CONNECTIONS, SERVER_CONNECTIONS
+from .test_client_core import receive
 from .test_server_core import frame, run
 
-pytestmark = pytest.mark.skipif(len(SERVER_CONNECTIONS) < 2, reason="the compiled core is not in use (FASTRPC_NO_EXTENSIONS=1; or not built, which test_implementation fails)")
+pytestmark = pytest.mark.skipif(len(SERVER_CONNECTIONS) < 2 or len(CLIENT_CONNECTIONS) < 2, reason="the compiled core is not in use (FASTRPC_NO_EXTENSIONS=1; or not built, which test_implementation fails)")
 
 
 def alike(*bodies: bytes) -> None:
@@ -122,3 +123,61 @@ def compact(request: Any) -> bytes:
                 min_size=1, max_size=8))
 def test_any_request_text_is_answered_alike(bodies: List[bytes]) -> None:
     alike(*bodies)
+
+
+# -- the client: replies ------------------------------------------------------------------------------
+
+def delivered_alike(*bodies: bytes) -> None:
+    stream = b"".join(frame(body) for body in bodies)
+    for ids in (True, False):
+        assert receive("cython", stream, [], ids, True) == receive("python", stream, [], ids, True)
+
+
+REPLIES = [
+    b'{"out": "pong", "result": 1, "id": 1}', b'{"out":"pong","result":null,"id":2}', b'{"out":"x","result":"text","id":3}',
+    b'{"out": "pong", "result": [1, {"a": "]"}], "id": 4}', b' {"id": 1, "result": true, "out": "pong"} ',
+    b'{"out":"pong","result":-0,"id":1}', b'{"out":"pong","result":1.5e3,"id":1}', b'{"out":"pong","result":"\\u00e9","id":1}',
+    b'{"out":"pong","result":123456789012345678901,"id":1}', b'{"out":"pong","result":' + nested(70) + b',"id":1}',
+    b'{"out":"error","result":1,"id":1}', b'{"out":"err\\u006fr","result":1,"id":1}', b'{"out":"pong","id":1}',
+    b'{"result":1,"id":1}', b'{"out":"pong","result":1}', b'{"out":"pong","result":1,"id":null}', b'{"out":"pong","result":1,"id":"1"}',
+    b'{"out":"pong","result":1,"id":1.0}', b'{"out":"pong","result":1,"id":99}', b'{"out":"pong","result":1,"id":1,"id":2}',
+    b'{"out":"pong","result":1,"result":2,"id":1}', b'{"out":"pong","result":1,"id":1,"x":0}', b'{"out":"pong","item":1,"id":1}',
+    b'{"out":"error","error":{"code":-32601,"message":"no"},"id":2}', b'{"notice":"drain","reason":"restart"}',
+    b'{"out":"pong","result":[1,2}', b'{"out":"pong","result":01,"id":1}', b'{"out":"pong","result":1,"id":1}x',
+    b'{"out":"pong","result":1,"id":1', b'{"out":"pong","result":1,"id":01}', b'{"out":"pong","result":"\\x","id":1}',
+    b'{"out":"pong","result":nul,"id":1}', b'{"out":"pong" "result":1,"id":1}', b'', b'[]',
+]
+
+
+@pytest.mark.parametrize("body", REPLIES, ids=lambda body: body[:60].decode("utf-8", "replace"))
+def test_each_tricky_reply_is_delivered_alike(body: bytes) -> None:
+    delivered_alike(body)
+
+
+reply_keys = st.sampled_from(["out", "result", "id", "error", "item"])
+reply_ids = st.integers(-1, 6) | st.sampled_from(["1", "", None, 1.0, True])
+
+
+@st.composite
+def reply_texts(draw: Any) -> bytes:
+    """A reply written by hand: keys in any order, repeated, with whitespace anywhere JSON allows."""
+    members = []
+    for key in draw(st.lists(reply_keys, max_size=4)):
+        value = (draw(st.sampled_from(["pong", "error", "", "x"])) if key == "out" else draw(reply_ids) if key == "id"
+                 else draw(json_values))
+        members.append(draw(spaces) + json.dumps(key) + draw(spaces) + ":" + draw(spaces) + json.dumps(value, ensure_ascii=draw(st.booleans())))
+    return (draw(spaces) + "{" + ",".join(members) + draw(spaces) + "}" + draw(spaces)).encode("utf-8", "surrogatepass")
+
+
+@st.composite
+def mutated_replies(draw: Any) -> bytes:
+    body = bytearray(draw(reply_texts()))
+    at = draw(st.integers(0, len(body) - 1))
+    body[at:at + draw(st.integers(0, 1))] = draw(st.sampled_from([b"", b"{", b"}", b'"', b",", b"0", b"\\", b"\x7f", b"e"]))
+    return bytes(body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(reply_texts() | mutated_replies(), min_size=1, max_size=8))
+def test_any_reply_text_is_delivered_alike(bodies: List[bytes]) -> None:
+    delivered_alike(*bodies)
