@@ -32,7 +32,8 @@ PURE_SWITCH = "FASTRPC_PURE_PYTHON"
 SDIST_FILES = {
     "setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "LICENSE", "scripts/smoke_test.py",
     "fastrpc/_framing.pyx", "fastrpc/_framing.pxd", "fastrpc/_framing.pyi", "fastrpc/_server_core.pyx", "fastrpc/_server_core.pyi",
-    "fastrpc/_client_core.pyx", "fastrpc/_client_core.pyi", "fastrpc/_timing.pyx", "fastrpc/_timing.pyi", "fastrpc/py.typed",
+    "fastrpc/_client_core.pyx", "fastrpc/_client_core.pyi", "fastrpc/_scan.pxd", "fastrpc/_timing.pyx", "fastrpc/_timing.pyi",
+    "fastrpc/py.typed",
 }
 SDIST_METADATA = {"PKG-INFO", "setup.cfg"}
 
