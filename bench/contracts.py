@@ -169,8 +169,8 @@ CASES = {  # label: (method, params)
 def run_case(label: str, reads: int) -> None:
     """``reads`` reads of 64 requests of case ``label`` through the chosen core (what callgrind counts)."""
     name, params = CASES[label]
-    # Errors counted as a server counts them (ServerStats.count_error), so that a refusal costs what it does there.
-    core = protocol.ServerConnection(server().methods, lambda call: None, count_error=ServerStats().count_error)
+    # Errors counted as a server counts them (in a ServerStats), so that a refusal costs what it does there.
+    core = protocol.ServerConnection(server().methods, lambda call: None, stats=ServerStats())
     batch = pack_frames([orjson.dumps({"in": name, "params": params, "id": i}) for i in range(64)])
     for _ in range(reads):
         core.receive_data(batch)

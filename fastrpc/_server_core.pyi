@@ -1,5 +1,5 @@
 from collections import deque
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, Counter, List, Optional, Tuple, Union
 
 from ._framing import FrameReader
 from .refusal import Refusal
@@ -35,7 +35,7 @@ class ServerCore:
     write: Any
     after_read: Any
     watch_reads: bool
-    _count_error: Any
+    _errors: Optional[Counter[Tuple[Optional[str], Any]]]
     def read_and_reply(self, nbytes: int) -> None: ...
     def _result_body(self, method: Any, result: Any, rid: Optional[Union[int, str]]) -> bytes: ...
     def _send(self, body: bytes) -> None: ...

@@ -10,7 +10,7 @@ refuses without an exception (a ``Refusal``). Everything rarer is left to
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_GetItemWithError, PyDict_Next
+from cpython.dict cimport PyDict_GetItemWithError, PyDict_Next, PyDict_SetItem
 from cpython.list cimport PyList_GET_SIZE
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject
@@ -208,7 +208,9 @@ cdef class ServerCore:
     cdef readonly unsigned long long frames_sent
     cdef public object write
     cdef public object after_read
-    cdef public object _count_error
+    # The server's ServerStats.errors (a Counter, which _refuse adds to in C), or None: not counted.
+    # Typed object: a dict-typed field would take only an exact dict.
+    cdef public object _errors
     # The last method called's name: a request naming it again is looked up with this object,
     # whose hash is cached (the request's own name is a new str, hashed at each lookup).
     cdef object _last_name
@@ -486,16 +488,23 @@ cdef class ServerCore:
         return 0
 
     cdef int _refuse(self, object refusal, object rid) except -1:
-        """Answer a call refused without an exception (a ``Refusal``: name, code, head), counted as
-        ``_error_body`` counts the errors of handlers; framed in place, as ``_write_result``."""
+        """Answer a call refused without an exception (a ``Refusal``: name, code, head, key), counted
+        in ``_errors`` under its key as ``ServerStats.count_error`` counts the errors of handlers
+        (no Python call: the key is made, and its code needs no bounding); framed in place, as
+        ``_write_result``."""
         cdef bytes head = <bytes>PyTuple_GET_ITEM(refusal, 2)
         cdef char digits[24]
         cdef Py_ssize_t id_size = format_int(digits, rid)
         cdef bytes encoded_id
         cdef Py_ssize_t size
         cdef char* p
-        if self._count_error is not None:
-            self._count_error(<object>PyTuple_GET_ITEM(refusal, 0), <object>PyTuple_GET_ITEM(refusal, 1), False)
+        cdef object errors = self._errors
+        cdef object key
+        cdef PyObject* count
+        if errors is not None:
+            key = <object>PyTuple_GET_ITEM(refusal, 3)
+            count = PyDict_GetItemWithError(errors, key)  # not the Counter's __missing__: NULL when absent
+            PyDict_SetItem(errors, key, 1 if count == NULL else <object>count + 1)
         encoded_id = _dumps(rid) if id_size < 0 else None  # not an int of 64 bits (null, a string)
         if encoded_id is not None:
             id_size = PyBytes_GET_SIZE(encoded_id)

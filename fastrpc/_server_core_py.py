@@ -9,7 +9,7 @@ rather than in a list joined by ``pack_frames``.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Deque, List, Optional, Tuple, Union
+from typing import Any, Counter, Deque, List, Optional, Tuple, Union
 
 import orjson
 
@@ -65,8 +65,9 @@ class ServerCore:
     ``_error_body(method, params, exc, rid)``, ``_reply(rid, body)``, ``_begin(method,
     request, rid, params, coro)`` (an async handler's call; true to stop reading: the limit
     of calls in flight is reached), ``_unencodable(method, exc, rid)`` and ``_fit(body,
-    rid, returned)``. It counts what it reads and writes, for metrics, and tells ``_count_error``
-    (when set) of the error replies it writes itself, as ``_error_body`` does of the others.
+    rid, returned)``. It counts what it reads and writes, for metrics, and counts the error replies
+    it writes itself in ``_errors`` (when set: a server's ``ServerStats.errors``), as ``_error_body``
+    has the others counted there.
     """
 
     def __init__(self, methods: Any, max_frame_size: int) -> None:
@@ -86,7 +87,7 @@ class ServerCore:
         self.write: Any = None  # for read_and_reply
         self.after_read: Any = None
         self.watch_reads = False
-        self._count_error: Any = None
+        self._errors: Optional[Counter[Tuple[Optional[str], Any]]] = None
 
     def receive_data(self, data: bytes) -> bytes:
         """Take bytes from the peer and handle every complete frame; returns ``data_to_send()``."""
@@ -179,9 +180,10 @@ class ServerCore:
         return None
 
     def _refuse(self, refusal: Refusal, rid: Any) -> None:
-        """Answer a call refused without an exception, counted as ``_error_body`` counts the errors of handlers."""
-        if self._count_error is not None:
-            self._count_error(refusal.name, refusal.code, False)
+        """Answer a call refused without an exception, counted in ``_errors`` under its key, as
+        ``ServerStats.count_error`` counts the errors of handlers (its code, fastrpc's own, needs no bounding)."""
+        if self._errors is not None:
+            self._errors[refusal.key] += 1
         self._reply(rid, refusal.head + _dumps(rid) + b"}")  # type: ignore[attr-defined]
 
     def _result_body(self, method: Any, result: Any, rid: Any) -> bytes:

@@ -1223,6 +1223,11 @@ class Contract:
         try:
             return self._precise(values, more, extra)
         except InvalidParams as exc:
+            if exc.code != InvalidParams.code:
+                # The handler's own (called once the params fit after all), with a code of its own:
+                # answered and counted as any handler's error (its code bounded). A Refusal's code is
+                # always -32602, which the server cores count as it is.
+                raise
             refused = refusal(self.name, exc.code, exc.message, exc.data)
         if self._by_kind:  # one update: the checker never sees the kinds of one refusal with another
             self.call.__globals__.update({f"__fr_k{i}": type(value) for i, value in enumerate(values)}, __fr_last=refused)

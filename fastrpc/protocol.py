@@ -34,6 +34,7 @@ from .contracts import Contract, encode_default
 from .framing import ClientCore, MethodCore, ServerCore
 from .limits import DEFAULT_MAX_FRAME_SIZE, META_MAX_BYTES, META_MAX_ENTRIES, PROBE_LENGTH, PROBE_REPLY
 from .refusal import error_head
+from .stats import ServerStats
 
 __all__ = [
     "ABSENT", "NOTICES_METHOD", "NOTICES", "Method", "Call", "Stream", "StreamEnd", "ServerConnection", "ClientConnection",
@@ -264,7 +265,7 @@ class _RarerPaths:
         *,
         cancel: Optional[Callable[[Id], None]] = None,
         report: Optional[Callable[[Method, BaseException], None]] = None,
-        count_error: Optional[Callable[[Optional[str], int, bool], None]] = None,
+        stats: Optional[ServerStats] = None,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         debug: bool = False,
         max_streams: int = 1024,
@@ -275,7 +276,9 @@ class _RarerPaths:
         self.streams: Dict[Id, Stream] = {}  # the open streams, by id
         self._cancel = cancel
         self._report = report
-        self._count_error = count_error
+        self._stats = stats
+        # The core counts its refusals straight into the Counter, without a call.
+        self._errors = None if stats is None else stats.errors
         self._debug = debug
         self.get_buffer = self._reader.get_buffer
         self.notices = False  # the peer asked for notices (rpc.notices)
@@ -293,7 +296,7 @@ class _RarerPaths:
     def refuse_calls(self, kept: Optional[Mapping[str, Method]] = None, known: Container[str] = ()) -> None:
         """Answer every call from now on, but those of the ``kept`` methods, with
         the shutting-down error (the server is stopping); calls already running
-        are not affected. Refusals of ``known`` names are counted (``count_error``)
+        are not affected. Refusals of ``known`` names are counted (``stats``)
         against them, others against no known method."""
         self._methods = _Refusing({} if kept is None else kept, known)
 
@@ -513,9 +516,9 @@ class _RarerPaths:
 
     def _error(self, method: Optional[Method], code: int, message: str, data: Any = None, rid: Optional[Id] = None,
                returned: bool = False) -> bytes:
-        """An error body, counted (``count_error``) against ``method`` (None: no known method)."""
-        if self._count_error is not None:
-            self._count_error(None if method is None else method.name, code, returned)
+        """An error body, counted (``stats``) against ``method`` (None: no known method)."""
+        if self._stats is not None:
+            self._stats.count_error(None if method is None else method.name, code, returned)
         return encode_error(code, message, data, rid)
 
     def _error_body(self, method: Method, params: Any, exc: BaseException, rid: Optional[Id]) -> bytes:
@@ -526,8 +529,8 @@ class _RarerPaths:
             body = encode_error(code, message, data, rid)
         except TypeError as error:  # data orjson cannot write (orjson.JSONEncodeError is a TypeError)
             return self._error(method, ErrorCode.INTERNAL_ERROR, f"error raised by {method.name!r} cannot be encoded: {error}", None, rid)
-        if self._count_error is not None:
-            self._count_error(method.name, code, False)
+        if self._stats is not None:
+            self._stats.count_error(method.name, code)
         return body
 
 
@@ -543,11 +546,14 @@ class ServerConnection(_RarerPaths, ServerCore):
     ``closing`` is true the connection must be closed after that data is
     sent. ``report(method, exc)`` is told of every handler failure answered
     with the internal error (not the ``RemoteError``s handlers raise on
-    purpose), for the server to log. ``count_error(name, code, returned)`` is
-    told of every error frame: the method's name (None when the frame answers
-    no known method: not JSON, not a request, no such method, too large) and
-    the code; ``returned`` when the handler had returned (its result could not
-    be sent). Only errors are told: successes stay on the fast path.
+    purpose), for the server to log. ``stats``, a ``ServerStats``, counts
+    every error frame by the method's name (None when the frame answers no
+    known method: not JSON, not a request, no such method, too large) and the
+    code, and in ``failed_after_return`` the handlers that had returned (their
+    result could not be sent). The core counts its own refusals (unknown
+    methods, params refused without an exception) in ``stats.errors`` itself,
+    in C where compiled: a refused call costs no Python call to count. Only
+    errors are counted: successes stay on the fast path.
     ``bytes_received``, ``bytes_sent`` and ``frames_sent`` count the traffic.
 
     The per-request path is ``ServerCore`` (compiled, ``fastrpc._server_core``,

@@ -7,7 +7,7 @@ importing the protocol module built on them.
 
 from __future__ import annotations
 
-from typing import Any, Dict, NamedTuple, Optional
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import orjson
 
@@ -35,18 +35,24 @@ def error_head(code: int, message: str, data: Any = None) -> bytes:
 
 class Refusal(NamedTuple):
     """An error reply decided without an exception: the server core writes ``head``, the id and ``}``,
-    and counts it against ``name`` (None: no known method) under ``code``. Made once and kept where
-    the same refusal recurs (a method's wrong count of params, a typed method's wrong kinds of
-    values). A tuple, so that the compiled core reads its fields in C."""
+    and counts it against ``name`` (None: no known method) under ``code``, adding one to
+    ``ServerStats.errors[key]``. Made once and kept where the same refusal recurs (a method's wrong
+    count of params, a typed method's wrong kinds of values). A tuple, so that the compiled core
+    reads its fields in C."""
 
     name: Optional[str]
     code: int
     head: bytes
+    #: ``(name, code)``, the key of ``ServerStats.errors`` it is counted under, made once with it so
+    #: that counting a refusal builds no tuple. The code is always one of fastrpc's own (ErrorCode),
+    #: which ``ServerStats`` counts as it is: no ``bounded_code`` is needed.
+    key: Tuple[Optional[str], int]
 
 
 def refusal(name: Optional[str], code: int, message: str, data: Any = None) -> Refusal:
-    """The Refusal of error ``code`` with ``message`` and ``data``, counted against ``name``."""
-    return Refusal(name, int(code), error_head(code, message, data))
+    """The Refusal of error ``code`` (one of fastrpc's own) with ``message`` and ``data``, counted against ``name``."""
+    code = int(code)
+    return Refusal(name, code, error_head(code, message, data), (name, code))
 
 
 #: The refusals of unknown method names made so far (the first KEPT_NAMES), which the server cores

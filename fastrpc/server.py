@@ -539,7 +539,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def __init__(self, server: Server) -> None:
         self._server = server
-        options = dict(cancel=self._cancel_by_id, report=self._handler_failed, count_error=server.stats.count_error,
+        options = dict(cancel=self._cancel_by_id, report=self._handler_failed, stats=server.stats,
                        max_frame_size=server.max_frame_size, debug=server.debug, max_streams=server.max_streams)
         self._core = core = ServerConnection(server._registry, self._spawn, **options)  # type: ignore[arg-type]
         # The transport looks get_buffer and buffer_updated up once, before connection_made:

@@ -47,7 +47,9 @@ class ServerStats:
 
     def __init__(self) -> None:
         #: (method name, or None when the frame answered no known method; code) -> error frames sent,
-        #: and calls left unanswered under CANCELLED (codes bounded: see bounded_code).
+        #: and calls left unanswered under CANCELLED (codes bounded: see bounded_code). The server cores
+        #: add their own refusals to it directly, by key and without count_error (in C where compiled,
+        #: as a dict): it stays this Counter, never replaced.
         self.errors: "Counter[Tuple[Optional[str], Code]]" = Counter()
         #: method name -> calls whose handler returned but whose result could not be sent (counted in errors too).
         self.failed_after_return: "Counter[str]" = Counter()

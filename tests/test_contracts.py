@@ -318,7 +318,8 @@ def test_the_refusal_of_each_count_of_params_is_bind_errors(func: Any) -> None:
         if reason is None:
             assert refusal is None, n
         else:
-            assert refusal == (("f", -32602, fastrpc.protocol.encode_error(-32602, f"invalid params for 'f': {reason}")[:-5])), n
+            head = fastrpc.protocol.encode_error(-32602, f"invalid params for 'f': {reason}")[:-5]
+            assert refusal == ("f", -32602, head, ("f", -32602)), n
     assert (contract.refusals == ()) == all(contract.bind_error([1] * n) is None for n in range(6))
 
 
@@ -337,12 +338,29 @@ def test_the_cores_checker_refuses_as_the_checker_raises(func: Any) -> None:
         try:
             expected: Any = contract.func(*params)
         except fastrpc.InvalidParams as exc:
-            expected = ("t", -32602, fastrpc.protocol.encode_error(exc.code, exc.message, exc.data)[:-5])
+            expected = ("t", -32602, fastrpc.protocol.encode_error(exc.code, exc.message, exc.data)[:-5], ("t", -32602))
         except TypeError:  # too many params: the checker does not bind, and neither does call
             with pytest.raises(TypeError):
                 contract.call(*params)
             continue
         assert contract.call(*params) == expected, params
+
+
+def test_a_refusal_is_of_the_checkers_code_never_of_the_handlers() -> None:
+    """Should the checker's precise walk find the params fit after all, it calls the handler: an InvalidParams
+    of a code of its own raised there is the handler's error, raised (answered and counted as any handler's,
+    its code bounded), not made a Refusal, whose code the server cores count unbounded. Its own -32602 may be."""
+    class Mine(fastrpc.InvalidParams):
+        code = -32099
+
+    def half(x: float) -> float:
+        raise Mine("not that one") if x > 0 else fastrpc.InvalidParams("not that one either")
+
+    contract = contracts.Contract(half, "half")
+    with pytest.raises(Mine):
+        contract._refused((1.5,), (), {})  # what the checker calls when its fast test fails
+    refused = contract._refused((-1.5,), (), {})
+    assert refused.key == ("half", -32602) and b'"code":-32602' in refused.head
 
 
 def test_a_wrapped_handler_is_called_with_bad_params_too() -> None:

@@ -12,6 +12,7 @@ import socket
 import struct
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
@@ -21,14 +22,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import fastrpc
 from fastrpc.errors import ErrorCode
-from fastrpc.metrics import UNKNOWN_METHOD, ClientMetrics, traffic
+from fastrpc.metrics import UNKNOWN_METHOD, ClientMetrics, ServerMetrics, server_snapshot, traffic
 import fastrpc.prometheus
 from fastrpc.prometheus import MAX_SCRAPES, registry_of
 from fastrpc.protocol import Method, ServerConnection
 from fastrpc.server import SNAPSHOT_INTERVAL
 from fastrpc.stats import MAX_APPLICATION_CODES
 
-from .conftest import SERVER_CONNECTIONS, TEST_TIMEOUT, free_port, serve, serving_in_thread
+from .conftest import SERVER_CONNECTIONS, TEST_TIMEOUT, free_port, serve, server_connection, serving_in_thread
 
 Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
 
@@ -245,6 +246,52 @@ def on_loop(loop: asyncio.AbstractEventLoop, function: Any) -> Any:
         return function()
 
     return asyncio.run_coroutine_threadsafe(run(), loop).result(10)
+
+
+# What the server core refuses itself, with no exception and no Python call to count it: an unknown method, an
+# untyped handler's wrong count of params, a typed handler's wrong count or kinds (the same kinds again: the
+# refusal its checker kept); and, between them, one good call, counted nowhere.
+CORE_REFUSALS = [(b'{"in": "x1", "id": 1}', ErrorCode.METHOD_NOT_FOUND), (b'{"in": "x2", "id": 2}', ErrorCode.METHOD_NOT_FOUND),
+                 (b'{"in": "x1", "params": [1], "id": 3}', ErrorCode.METHOD_NOT_FOUND),
+                 (b'{"in": "untyped", "params": [1], "id": 4}', ErrorCode.INVALID_PARAMS),
+                 (b'{"in": "untyped", "params": [1, 2, 3], "id": 5}', ErrorCode.INVALID_PARAMS),
+                 (b'{"in": "add", "params": [1], "id": 6}', ErrorCode.INVALID_PARAMS),
+                 (b'{"in": "add", "params": [1, "2"], "id": 7}', ErrorCode.INVALID_PARAMS),
+                 (b'{"in": "add", "params": [1, 2], "id": 8}', None),
+                 (b'{"in": "add", "params": [3, "4"], "id": 9}', ErrorCode.INVALID_PARAMS),
+                 (b'{"in": "add", "params": ["1", 2.5], "id": 10}', ErrorCode.INVALID_PARAMS)]
+
+
+@pytest.mark.parametrize("metered", [False, True], ids=["metrics off", "metrics on"])
+def test_refusals_made_in_the_core_are_counted_by_the_server(framing_impl: Any, metered: bool) -> None:
+    """Each refusal is in the server's ``stats.errors``, whichever core runs, and so in its metrics. With metrics
+    off the core refuses all of them itself; on, only the unknown methods (metered methods see their bad params)."""
+    server = app()
+
+    @server.method
+    def untyped(a, b):  # type: ignore[no-untyped-def]
+        return a + b
+
+    if metered:
+        server.enable_metrics()
+    with serving_in_thread(server) as port:
+        raw = Raw(port)
+        for body, code in CORE_REFUSALS:
+            reply = raw.call(body)
+            assert (reply["result"] == 3) if code is None else (reply["error"]["code"] == code), body
+        loop = server._server.get_loop()  # type: ignore[union-attr]
+        cores = on_loop(loop, lambda: [type(connection._core) for connection in server._connections])
+        assert cores == [server_connection(fastrpc.framing.IMPLEMENTATION)]  # the core chosen runs
+        snapshot = on_loop(loop, server.metrics_snapshot) if metered else server_snapshot(
+            server.stats, ServerMetrics(), server.methods, {}, 0, [0, 0, 0, 0])  # what metrics on would read of them
+        raw.close()
+    assert server.stats.errors == Counter({(None, ErrorCode.METHOD_NOT_FOUND): 3, ("untyped", ErrorCode.INVALID_PARAMS): 2,
+                                           ("add", ErrorCode.INVALID_PARAMS): 4})
+    assert server.stats.failed_after_return == Counter()
+    samples = parse(generate_latest(registry_of(lambda: snapshot)).decode())
+    assert handled(samples, UNKNOWN_METHOD) == {"METHOD_NOT_FOUND": 3}
+    assert handled(samples, "untyped") == {"INVALID_PARAMS": 2}
+    assert handled(samples, "add") == ({"OK": 1, "INVALID_PARAMS": 4} if metered else {"INVALID_PARAMS": 4})
 
 
 def test_middleware_and_tokens_stay_on_top() -> None:

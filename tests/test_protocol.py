@@ -6,6 +6,7 @@ Section numbers refer to docs/protocol.md.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any, List, Optional, Tuple
 
 import orjson
@@ -13,6 +14,7 @@ import pytest
 
 import fastrpc
 from fastrpc.protocol import ABSENT, Call, ClientConnection, Method, ServerConnection
+from fastrpc.stats import ServerStats
 
 from .conftest import frame
 
@@ -497,18 +499,20 @@ def test_the_client_core_refuses_to_send_malformed_metadata(framing_impl: Any) -
 
 
 def test_every_error_frame_is_counted_by_method_and_code(framing_impl: Any) -> None:
-    counted: List[Tuple[Optional[str], int, bool]] = []
-    link = Link(count_error=lambda *args: counted.append(args), max_frame_size=200)
+    stats = ServerStats()
+    link = Link(stats=stats, max_frame_size=200)
     link.send(b"{not json", request(**{"in": "nope", "id": 1}), request(**{"in": 5, "id": 2}), b"[]",
               request(**{"in": "refuse", "id": 3}), request(**{"in": "add", "params": [1], "id": 4}),
               request(**{"in": "explode", "id": 5}), request(**{"in": "unencodable", "id": 6}),
               request(**{"in": "grow", "params": [300], "id": 7}), request(**{"in": "later", "params": [1], "deadline": -1, "id": 8}),
-              request(**{"in": "add", "params": [1, 2], "id": 9}))
-    assert counted == [(None, -32700, False), (None, -32601, False), (None, -32600, False), (None, -32600, False),
-                       ("refuse", -32602, False), ("add", -32602, False), ("explode", -32603, False),
-                       ("unencodable", -32603, True), ("grow", -32000, True), ("later", -32600, False)]
+              request(**{"in": "add", "params": [1, 2], "id": 9}), request(**{"in": "nope", "id": 10}))
+    assert stats.errors == Counter({(None, -32700): 1, (None, -32601): 2, (None, -32600): 2, ("refuse", -32602): 1,
+                                    ("add", -32602): 1, ("explode", -32603): 1, ("unencodable", -32603): 1,
+                                    ("grow", -32000): 1, ("later", -32600): 1})
+    assert stats.failed_after_return == Counter({"unencodable": 1, "grow": 1})  # the handler had returned
     link.receive(b"\x00\x00\x10\x00")  # a header over the maximum
-    assert counted[-1] == (None, -32000, False)
+    assert stats.errors[None, -32000] == 1 and sum(stats.errors.values()) == 12
+    assert stats.failed_after_return == Counter({"unencodable": 1, "grow": 1})
 
 
 def test_failure_decides_code_message_and_data() -> None:

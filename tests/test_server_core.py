@@ -8,6 +8,7 @@ size and failure below must come out byte for byte the same.
 from __future__ import annotations
 
 import struct
+from collections import Counter
 from typing import Any, Dict, List, Optional
 
 import _testcapi  # CPython's own test module: it can make the next allocation fail
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 
 from fastrpc import RemoteError
 from fastrpc.protocol import Method
+from fastrpc.stats import ServerStats
 
 from .conftest import SERVER_CONNECTIONS
 
@@ -215,12 +217,12 @@ def contracted() -> Dict[str, Method]:
 
 
 def answered(name: str, stream: bytes, max_frame_size: int = MAX_FRAME) -> List[Any]:
-    """What one core returns for ``stream`` over ``contracted()``, and what it told ``count_error``."""
-    counted: List[Any] = []
+    """What one core returns for ``stream`` over ``contracted()``, and what it counted: its ServerStats'
+    errors (by method and code, with their multiplicity) and failed_after_return (the calls that had returned)."""
+    stats = ServerStats()
     calls: List[Any] = []
-    core = SERVER_CONNECTIONS[name](contracted(), calls.append, max_frame_size=max_frame_size,
-                                    count_error=lambda method, code, returned: counted.append((method, int(code), returned)))
-    out = [core.receive_data(stream), counted]
+    core = SERVER_CONNECTIONS[name](contracted(), calls.append, max_frame_size=max_frame_size, stats=stats)
+    out = [core.receive_data(stream), stats.errors, stats.failed_after_return]
     for call in calls:
         call.coro.close()
     return out
@@ -260,7 +262,7 @@ def test_refusals_are_the_words_of_the_protocol() -> None:
              b'{"in": "tadd", "params": [1, "2"], "id": "a"}', b'{"in": "tadd", "params": [1, 2, 3], "id": 2}',
              b'{"in": "nope", "id": 3}']
     for name in SERVER_CONNECTIONS:
-        out, counted = answered(name, b"".join(frame(body) for body in calls))
+        out, counted, returned = answered(name, b"".join(frame(body) for body in calls))
         assert out == b"".join(frame(body) for body in [
             b'{"out": "error", "error": {"code":-32602,"message":"invalid params for \'uadd\': missing a required argument: \'b\'"}, "id": 1}',
             b'{"out": "error", "error": {"code":-32602,"message":"invalid params for \'uadd\': too many positional arguments"}, "id": null}',
@@ -270,7 +272,8 @@ def test_refusals_are_the_words_of_the_protocol() -> None:
             b'"data":["params[2]: unexpected"]}, "id": 2}',
             b'{"out": "error", "error": {"code":-32601,"message":"method not found: \'nope\'"}, "id": 3}',
         ]), name
-        assert counted == [("uadd", -32602, False)] * 2 + [("tadd", -32602, False)] * 2 + [(None, -32601, False)]
+        assert counted == Counter({("uadd", -32602): 2, ("tadd", -32602): 2, (None, -32601): 1}), name
+        assert returned == Counter(), name
 
 
 def test_an_id_less_refusal_waits_behind_a_reply_owed() -> None:
