@@ -211,6 +211,8 @@ cdef class ServerCore:
     # The server's ServerStats.errors (a Counter, which _refuse adds to in C), or None: not counted.
     # Typed object: a dict-typed field would take only an exact dict.
     cdef public object _errors
+    cdef object _refused  # the key of the last refusal, counted ``_refusals`` times not yet in _errors
+    cdef Py_ssize_t _refusals
     # The last method called's name: a request naming it again is looked up with this object,
     # whose hash is cached (the request's own name is a new str, hashed at each lookup).
     cdef object _last_name
@@ -498,13 +500,13 @@ cdef class ServerCore:
         cdef bytes encoded_id
         cdef Py_ssize_t size
         cdef char* p
-        cdef object errors = self._errors
         cdef object key
-        cdef PyObject* count
-        if errors is not None:
+        if self._errors is not None:
             key = <object>PyTuple_GET_ITEM(refusal, 3)
-            count = PyDict_GetItemWithError(errors, key)  # not the Counter's __missing__: NULL when absent
-            PyDict_SetItem(errors, key, 1 if count == NULL else <object>count + 1)
+            if key is not self._refused:
+                self._count_refused()
+                self._refused = key
+            self._refusals += 1
         encoded_id = _dumps(rid) if id_size < 0 else None  # not an int of 64 bits (null, a string)
         if encoded_id is not None:
             id_size = PyBytes_GET_SIZE(encoded_id)
@@ -580,8 +582,26 @@ cdef class ServerCore:
         """Every response that may be sent now, framed, in order."""
         return self._take()
 
+    cdef int _count_refused(self) except -1:
+        """Add the refusals counted under ``_refused`` into ``_errors``: once per run of the same
+        refusal, not per refusal (a Counter update costs several hundred instructions, a third of
+        a refusal; a client repeating a mistake repeats the same one). ``_take`` calls this, so
+        the counts are in ``ServerStats.errors`` before the replies they count go out."""
+        cdef PyObject* count
+        cdef object total
+        if self._refusals:
+            total = self._refusals
+            count = PyDict_GetItemWithError(self._errors, self._refused)  # not the Counter's __missing__: NULL when absent
+            if count is not NULL:
+                total += <object>count
+            self._refusals = 0
+            PyDict_SetItem(self._errors, self._refused, total)
+        return 0
+
     cdef bytes _take(self):
         cdef object data
+        if self._refusals:
+            self._count_refused()
         if self._out is NULL:
             data = b""
         else:

@@ -182,7 +182,7 @@ class ServerCore:
     def _refuse(self, refusal: Refusal, rid: Any) -> None:
         """Answer a call refused without an exception, counted in ``_errors`` under its key, as
         ``ServerStats.count_error`` counts the errors of handlers (its code, fastrpc's own, needs no bounding)."""
-        if self._errors is not None:
+        if self._errors is not None:  # the compiled core adds a run of the same refusal at once, by data_to_send
             self._errors[refusal.key] += 1
         self._reply(rid, refusal.head + _dumps(rid) + b"}")  # type: ignore[attr-defined]
 
