@@ -352,7 +352,7 @@ cdef class ClientCore:
         cdef Value scanned[3]  # "out", "result", "id"
         cdef object result, rid, waiter
         cdef PyObject* item
-        if (not scan_object(s, n, '"out"', '"result"', '"id"', scanned) or scanned[0].kind != V_TEXT
+        if (not scan_object(s, n, '"out"', 5, '"result"', 8, '"id"', 4, scanned) or scanned[0].kind != V_TEXT
                 or (scanned[0].size == 5 and memcmp(s + scanned[0].at, b"error", 5) == 0)
                 or scanned[1].kind == V_NONE or (scanned[2].kind != V_INT and scanned[2].kind != V_TEXT)):
             return False

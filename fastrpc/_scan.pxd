@@ -140,33 +140,34 @@ cdef inline Py_ssize_t scan_value(const unsigned char* s, Py_ssize_t i, Py_ssize
     return i
 
 
-cdef inline bint scan_object(const unsigned char* s, Py_ssize_t n, const char* key0, const char* key1,
-                             const char* key2, Value* values) noexcept:
-    """Whether ``s`` is an object whose keys are among the three (each written with its quotes:
-    '"id"'), each at most once: then ``values[k]`` holds key k's value (V_NONE where it is absent)."""
-    cdef const char* keys[3]
-    cdef Py_ssize_t sizes[3]
+cdef inline bint scan_object(const unsigned char* s, Py_ssize_t n, const char* key0, Py_ssize_t size0,
+                             const char* key1, Py_ssize_t size1, const char* key2, Py_ssize_t size2,
+                             Value* values) noexcept:
+    """Whether ``s`` is an object whose keys are among the three (each written with its quotes,
+    '"id"', and its size with them: 4), each at most once: then ``values[k]`` holds key k's value
+    (V_NONE where it is absent). The keys and sizes are constants at each call, which the C
+    compiler folds into the comparisons."""
     cdef Py_ssize_t i = skip_space(s, 0, n)
-    cdef int k
-    keys[0], keys[1], keys[2] = key0, key1, key2
-    for k in range(3):
-        sizes[k] = len(keys[k])
-        values[k].kind = V_NONE
+    cdef Value* v
+    values[0].kind = values[1].kind = values[2].kind = V_NONE
     if i >= n or s[i] != c'{':
         return False
     i = skip_space(s, i + 1, n)
     while True:
-        for k in range(3):
-            if is_literal(s, i, n, keys[k], sizes[k]):
-                break
+        if is_literal(s, i, n, key0, size0):
+            v, i = &values[0], i + size0
+        elif is_literal(s, i, n, key1, size1):
+            v, i = &values[1], i + size1
+        elif is_literal(s, i, n, key2, size2):
+            v, i = &values[2], i + size2
         else:
             return False
-        if values[k].kind != V_NONE:  # a key twice: orjson keeps the last
+        if v.kind != V_NONE:  # a key twice: orjson keeps the last
             return False
-        i = skip_space(s, i + sizes[k], n)
+        i = skip_space(s, i, n)
         if i >= n or s[i] != c':':
             return False
-        i = scan_value(s, skip_space(s, i + 1, n), n, &values[k])
+        i = scan_value(s, skip_space(s, i + 1, n), n, v)
         if i < 0:
             return False
         i = skip_space(s, i, n)

@@ -2,10 +2,11 @@
 """A server connection's per-request path, compiled.
 
 The twin ``_server_core_py.py`` holds the contract and the same logic in Python; this one
-runs a valid call of a sync handler with no Python frame but the handler's, and writes its
-reply, framed, straight into the bytes object that ``data_to_send`` hands out (no body
-object, no join); so does a call of an unknown method, or one whose params its method
-refuses without an exception (a ``Refusal``). Everything rarer is left to
+reads a plain request where it lies, without orjson's dict (``_scan.pxd``; the twin has
+orjson read every request), runs a valid call of a sync handler with no Python frame but the
+handler's, and writes its reply, framed, straight into the bytes object that ``data_to_send``
+hands out (no body object, no join); so does a call of an unknown method, or one whose params
+its method refuses without an exception (a ``Refusal``). Everything rarer is left to
 ``protocol.ServerConnection``'s Python methods, called as the twin calls them.
 """
 
@@ -289,7 +290,7 @@ cdef class ServerCore:
         cdef Value scanned[3]  # "in", "id", "params"
         cdef object rid, params, name
         cdef PyObject* entry
-        if (not scan_object(s, n, '"in"', '"id"', '"params"', scanned) or scanned[0].kind != V_TEXT
+        if (not scan_object(s, n, '"in"', 4, '"id"', 4, '"params"', 8, scanned) or scanned[0].kind != V_TEXT
                 or scanned[1].kind == V_TRUE or scanned[1].kind == V_FALSE or scanned[1].kind == V_JSON
                 or type(self._methods) is not dict):
             return self._receive_frame(PyBytes_FromStringAndSize(<const char*>s, n))
@@ -492,8 +493,8 @@ cdef class ServerCore:
     cdef int _refuse(self, object refusal, object rid) except -1:
         """Answer a call refused without an exception (a ``Refusal``: name, code, head, key), counted
         in ``_errors`` under its key as ``ServerStats.count_error`` counts the errors of handlers
-        (no Python call: the key is made, and its code needs no bounding); framed in place, as
-        ``_write_result``."""
+        (no Python call: the key is made, its code needs no bounding, and ``_count_refused`` adds
+        a run of the same refusal at once); framed in place, as ``_write_result``."""
         cdef bytes head = <bytes>PyTuple_GET_ITEM(refusal, 2)
         cdef char digits[24]
         cdef Py_ssize_t id_size = format_int(digits, rid)
