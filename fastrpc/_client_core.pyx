@@ -349,10 +349,10 @@ cdef class ClientCore:
         """Whether a body read where it lies (``next_small``) was a plain success with an id
         (``_scan.scan_object``: "out" text other than "error", any "result", "id" an int or text),
         now delivered, as ``_read`` delivers one that orjson read; any other is left to orjson."""
-        cdef Value scanned[3]  # "out", "result", "id"
+        cdef Value scanned[5]  # "out", "result", "id"; no other key
         cdef object result, rid, waiter
         cdef PyObject* item
-        if (not scan_object(s, n, '"out"', 5, '"result"', 8, '"id"', 4, scanned) or scanned[0].kind != V_TEXT
+        if (not scan_object(s, n, '"out"', 5, '"result"', 8, '"id"', 4, "", 0, "", 0, scanned) or scanned[0].kind != V_TEXT
                 or (scanned[0].size == 5 and memcmp(s + scanned[0].at, b"error", 5) == 0)
                 or scanned[1].kind == V_NONE or (scanned[2].kind != V_INT and scanned[2].kind != V_TEXT)):
             return False

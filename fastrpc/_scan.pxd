@@ -142,14 +142,15 @@ cdef inline Py_ssize_t scan_value(const unsigned char* s, Py_ssize_t i, Py_ssize
 
 cdef inline bint scan_object(const unsigned char* s, Py_ssize_t n, const char* key0, Py_ssize_t size0,
                              const char* key1, Py_ssize_t size1, const char* key2, Py_ssize_t size2,
+                             const char* key3, Py_ssize_t size3, const char* key4, Py_ssize_t size4,
                              Value* values) noexcept:
-    """Whether ``s`` is an object whose keys are among the three (each written with its quotes,
-    '"id"', and its size with them: 4), each at most once: then ``values[k]`` holds key k's value
-    (V_NONE where it is absent). The keys and sizes are constants at each call, which the C
-    compiler folds into the comparisons."""
+    """Whether ``s`` is an object whose keys are among the five (each written with its quotes,
+    '"id"', and its size with them: 4; a size of 0 for a key not wanted), each at most once: then
+    ``values[k]`` holds key k's value (V_NONE where it is absent). The keys and sizes are constants
+    at each call, which the C compiler folds into the comparisons."""
     cdef Py_ssize_t i = skip_space(s, 0, n)
     cdef Value* v
-    values[0].kind = values[1].kind = values[2].kind = V_NONE
+    values[0].kind = values[1].kind = values[2].kind = values[3].kind = values[4].kind = V_NONE
     if i >= n or s[i] != c'{':
         return False
     i = skip_space(s, i + 1, n)
@@ -160,6 +161,10 @@ cdef inline bint scan_object(const unsigned char* s, Py_ssize_t n, const char* k
             v, i = &values[1], i + size1
         elif is_literal(s, i, n, key2, size2):
             v, i = &values[2], i + size2
+        elif size3 and is_literal(s, i, n, key3, size3):
+            v, i = &values[3], i + size3
+        elif size4 and is_literal(s, i, n, key4, size4):
+            v, i = &values[4], i + size4
         else:
             return False
         if v.kind != V_NONE:  # a key twice: orjson keeps the last

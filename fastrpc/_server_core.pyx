@@ -84,7 +84,7 @@ cdef object _JSONDecodeError = orjson.JSONDecodeError
 cdef object _ABSENT = ABSENT
 cdef object _Refusal = Refusal
 cdef dict _NOT_FOUND = NOT_FOUND
-cdef dict _NO_EXTRAS = {}  # the other keys of a request that has none: read, never written
+cdef dict _NO_EXTRAS = {}  # the other keys (deadline, meta) of a request that has none: read, never written
 cdef bytes _ID_PART = b', "id": '  # keep equal to _server_core_py._ID_PART
 # The request keys as orjson last made them: it keeps one object per short key, so a key is
 # usually told by its address (no hash, no compare); one equal by value replaces the old.
@@ -285,18 +285,26 @@ cdef class ServerCore:
 
     cdef bint _receive_small(self, const unsigned char* s, Py_ssize_t n) except -1:
         """A body read where it lies (``next_small``): a plain request (``_scan.scan_object``: "in"
-        text, "id" an int, text or null, any "params") of a known method, or of a name refused
-        before, is answered without orjson's dict; any other goes to ``_receive_frame``."""
-        cdef Value scanned[3]  # "in", "id", "params"
-        cdef object rid, params, name
+        text, "id" an int, text or null, any "params", "deadline" and "meta") of a known method, or
+        of a name refused before, is answered without orjson's dict; any other goes to ``_receive_frame``."""
+        cdef Value scanned[5]  # "in", "id", "params", "deadline", "meta"
+        cdef object rid, params, name, extras
         cdef PyObject* entry
-        if (not scan_object(s, n, '"in"', 4, '"id"', 4, '"params"', 8, scanned) or scanned[0].kind != V_TEXT
+        if (not scan_object(s, n, '"in"', 4, '"id"', 4, '"params"', 8, '"deadline"', 10, '"meta"', 6, scanned)
+                or scanned[0].kind != V_TEXT
                 or scanned[1].kind == V_TRUE or scanned[1].kind == V_FALSE or scanned[1].kind == V_JSON
                 or type(self._methods) is not dict):
             return self._receive_frame(PyBytes_FromStringAndSize(<const char*>s, n))
         rid = None if scanned[1].kind == V_NONE else value_of(s, &scanned[1], _loads)
+        extras = _NO_EXTRAS
         try:
             params = _ABSENT if scanned[2].kind == V_NONE else value_of(s, &scanned[2], _loads)
+            if scanned[3].kind != V_NONE or scanned[4].kind != V_NONE:  # for the rarer paths, which read them
+                extras = {}
+                if scanned[3].kind != V_NONE:
+                    extras["deadline"] = value_of(s, &scanned[3], _loads)
+                if scanned[4].kind != V_NONE:
+                    extras["meta"] = value_of(s, &scanned[4], _loads)
         except _JSONDecodeError:  # not JSON after all: orjson says why, of the whole body
             return self._receive_frame(PyBytes_FromStringAndSize(<const char*>s, n))
         name = self._last_name
@@ -309,7 +317,7 @@ cdef class ServerCore:
                 return self._receive_frame(PyBytes_FromStringAndSize(<const char*>s, n))
             self._refuse(<object>entry, rid)
             return False
-        return self._call(<MethodCore>entry, rid, params, _NO_EXTRAS)
+        return self._call(<MethodCore>entry, rid, params, extras)
 
     cdef bint _receive_frame(self, object body) except -1:
         cdef object request, name, rid, found, refusal

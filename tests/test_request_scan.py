@@ -7,22 +7,47 @@ else (escapes, floats, a key twice, deep nesting, broken JSON) to orjson whole.
 from __future__ import annotations
 
 import json
-from typing import Any, List
+from typing import Any, Dict, List
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fastrpc import metadata
+from fastrpc.protocol import Method
+
 from .conftest import CLIENT_CONNECTIONS, SERVER_CONNECTIONS
 from .test_client_core import receive
-from .test_server_core import frame, run
+from .test_server_core import frame, methods
 
 pytestmark = pytest.mark.skipif(len(SERVER_CONNECTIONS) < 2 or len(CLIENT_CONNECTIONS) < 2, reason="the compiled core is not in use (FASTRPC_NO_EXTENSIONS=1; or not built, which test_implementation fails)")
 
 
+def registry() -> Dict[str, Method]:
+    """test_server_core's methods, and two that read their call's metadata (a sync and an async one)."""
+    async def later_seen(*args: Any) -> Any:
+        return list(args)
+
+    out = methods()
+    out["seen"] = Method("seen", lambda params: metadata(), raw_params=True, context=True)
+    out["later_seen"] = Method("later_seen", later_seen, context=True)
+    return out
+
+
+def answered(name: str, stream: bytes) -> List[Any]:
+    """What one core writes for ``stream``, and what each async call it hands out carries."""
+    calls: List[Any] = []
+    core = SERVER_CONNECTIONS[name](registry(), calls.append, max_frame_size=4096)
+    out = [core.receive_data(stream), core.data_to_send()]
+    for call in calls:
+        call.coro.close()
+        out.append((call.method.name, call.id, call.params, call.deadline, call.meta))
+    return out
+
+
 def alike(*bodies: bytes) -> None:
     stream = b"".join(frame(body) for body in bodies)
-    assert run("cython", stream, []) == run("python", stream, [])
+    assert answered("cython", stream) == answered("python", stream)
 
 
 def nested(depth: int) -> bytes:
@@ -50,6 +75,14 @@ TRICKY = [
     b'{"in":"raw","params":' + nested(65) + b',"id":24}', b'{"in":"raw","params":' + nested(1100) + b',"id":25}',
     # other keys, repeats, missing or wrong "in"
     b'{"in":"raw","id":26,"meta":{"k":"v"}}', b'{"in":"later","params":[1],"deadline":5,"id":27}',
+    b'{"in":"later","params":[1],"deadline":1.5,"id":38}', b'{"in":"later","deadline":"5","id":39}',
+    b'{"in":"later","deadline":-1,"id":40}', b'{"in":"later","deadline":null,"meta":null,"id":41}',
+    b'{"in":"later","meta":[1],"deadline":0,"id":42}', b'{"in":"later","deadline":1,"deadline":2,"id":43}',
+    b'{"in":"raw","meta":{"a":"b"},"meta":{},"id":44}', b'{"in":"raw","deadline":5,"meta":{"a":"b"},"params":7,"id":45}',
+    b'{"in":"later","deadline":1e3,"id":46}', b'{"in":"later","deadline":tru,"id":47}', b'{"in":"later","meta":{"a":},"id":48}',
+    b'{"in":"seen","params":1,"meta":{"trace":"t1"},"id":49}', b'{"in":"seen","meta":{"trace":7},"id":50}', b'{"in":"seen","id":51}',
+    b'{"in":"later_seen","params":[2],"meta":{"k":"v"},"deadline":250,"id":52}', b'{"in":"later_seen","meta":"x","id":53}',
+    b'{"meta":{"k":"v"},"deadline":9,"in":"later_seen","id":54}',
     b'{"in":"raw","in":"echo","id":28}', b'{"in":"raw","id":1,"id":29}', b'{"in":"raw","params":1,"params":2,"id":30}',
     b'{"id":31}', b'{}', b'{"in":7,"id":32}', b'{"in":null,"id":33}', b'{"in":"","id":34}', b'{"in":"rpc.nope","id":35}',
     b'{"in":"nope","id":36}', b'{"in":"nope","id":37}', b'{"in":"nope"}', b'{"cancel":5}', b'{"credit":3,"id":1}',
@@ -81,7 +114,7 @@ json_values = st.recursive(
     max_leaves=8,
 )
 keys = st.sampled_from(["in", "id", "params", "meta", "deadline"])
-names = st.sampled_from(["raw", "echo", "none", "later", "nope", "rpc.x", "caf\u00e9", ""])
+names = st.sampled_from(["raw", "echo", "none", "later", "seen", "later_seen", "nope", "rpc.x", "caf\u00e9", ""])
 ids = st.none() | st.integers(-2**64, 2**64) | st.text(max_size=4) | st.booleans() | st.floats(allow_nan=False)
 spaces = st.sampled_from(["", " ", "\n", "\t ", "\r\n"])
 
