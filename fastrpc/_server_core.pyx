@@ -289,6 +289,8 @@ cdef class ServerCore:
         of a name refused before, is answered without orjson's dict; any other goes to ``_receive_frame``."""
         cdef Value scanned[5]  # "in", "id", "params", "deadline", "meta"
         cdef object rid, params, name, extras
+        cdef object deadline = None, meta = None  # those that orjson must read (a V_JSON), read
+        cdef MethodCore method
         cdef PyObject* entry
         if (not scan_object(s, n, '"in"', 4, '"id"', 4, '"params"', 8, '"deadline"', 10, '"meta"', 6, scanned)
                 or scanned[0].kind != V_TEXT
@@ -296,15 +298,12 @@ cdef class ServerCore:
                 or type(self._methods) is not dict):
             return self._receive_frame(PyBytes_FromStringAndSize(<const char*>s, n))
         rid = None if scanned[1].kind == V_NONE else value_of(s, &scanned[1], _loads)
-        extras = _NO_EXTRAS
-        try:
+        try:  # everything orjson must read, read before anything is answered, as the twin reads it
             params = _ABSENT if scanned[2].kind == V_NONE else value_of(s, &scanned[2], _loads)
-            if scanned[3].kind != V_NONE or scanned[4].kind != V_NONE:  # for the rarer paths, which read them
-                extras = {}
-                if scanned[3].kind != V_NONE:
-                    extras["deadline"] = value_of(s, &scanned[3], _loads)
-                if scanned[4].kind != V_NONE:
-                    extras["meta"] = value_of(s, &scanned[4], _loads)
+            if scanned[3].kind == V_JSON:
+                deadline = value_of(s, &scanned[3], _loads)
+            if scanned[4].kind == V_JSON:
+                meta = value_of(s, &scanned[4], _loads)
         except _JSONDecodeError:  # not JSON after all: orjson says why, of the whole body
             return self._receive_frame(PyBytes_FromStringAndSize(<const char*>s, n))
         name = self._last_name
@@ -317,7 +316,16 @@ cdef class ServerCore:
                 return self._receive_frame(PyBytes_FromStringAndSize(<const char*>s, n))
             self._refuse(<object>entry, rid)
             return False
-        return self._call(<MethodCore>entry, rid, params, extras)
+        method = <MethodCore>entry
+        extras = _NO_EXTRAS
+        # Only an async or a context method's call reads its deadline and metadata (the rarer paths).
+        if (method.is_async or method.context) and (scanned[3].kind != V_NONE or scanned[4].kind != V_NONE):
+            extras = {}
+            if scanned[3].kind != V_NONE:
+                extras["deadline"] = value_of(s, &scanned[3], _loads) if deadline is None else deadline
+            if scanned[4].kind != V_NONE:
+                extras["meta"] = value_of(s, &scanned[4], _loads) if meta is None else meta
+        return self._call(method, rid, params, extras)
 
     cdef bint _receive_frame(self, object body) except -1:
         cdef object request, name, rid, found, refusal
