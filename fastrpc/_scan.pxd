@@ -145,7 +145,7 @@ cdef inline bint scan_object(const unsigned char* s, Py_ssize_t n, const char* k
                              const char* key3, Py_ssize_t size3, const char* key4, Py_ssize_t size4,
                              Value* values) noexcept:
     """Whether ``s`` is an object whose keys are among the five (each written with its quotes,
-    '"id"', and its size with them: 4; a size of 0 for a key not wanted), each at most once: then
+    '"id"', and its size with them: 4; a size of 0 for the fourth or fifth when not wanted), each at most once: then
     ``values[k]`` holds key k's value (V_NONE where it is absent). The keys and sizes are constants
     at each call, which the C compiler folds into the comparisons."""
     cdef Py_ssize_t i = skip_space(s, 0, n)

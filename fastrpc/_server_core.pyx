@@ -22,6 +22,7 @@ from libc.string cimport memcmp, memcpy
 from libc.stdint cimport uint32_t
 
 from collections import deque
+from types import MappingProxyType
 
 import orjson
 
@@ -84,7 +85,7 @@ cdef object _JSONDecodeError = orjson.JSONDecodeError
 cdef object _ABSENT = ABSENT
 cdef object _Refusal = Refusal
 cdef dict _NOT_FOUND = NOT_FOUND
-cdef dict _NO_EXTRAS = {}  # the other keys (deadline, meta) of a request that has none: read, never written
+cdef object _NO_EXTRAS = MappingProxyType({})  # the other keys (deadline, meta) of a request that has none
 cdef bytes _ID_PART = b', "id": '  # keep equal to _server_core_py._ID_PART
 # The request keys as orjson last made them: it keeps one object per short key, so a key is
 # usually told by its address (no hash, no compare); one equal by value replaces the old.
@@ -316,6 +317,8 @@ cdef class ServerCore:
                 return self._receive_frame(PyBytes_FromStringAndSize(<const char*>s, n))
             self._refuse(<object>entry, rid)
             return False
+        if not isinstance(<object>entry, MethodCore):  # None or not a Method (a registry filled by hand): the usual way says which
+            return self._receive_frame(PyBytes_FromStringAndSize(<const char*>s, n))
         method = <MethodCore>entry
         extras = _NO_EXTRAS
         # Only an async or a context method's call reads its deadline and metadata (the rarer paths).

@@ -309,7 +309,7 @@ class _RarerPaths:
         else:
             self._send(self._error(None, ErrorCode.FRAME_TOO_LARGE, str(exc), {"size": exc.size, "limit": exc.limit}))
 
-    def _begin(self, method: Method, request: Dict[str, Any], rid: Optional[Id], params: Any, coro: Any) -> bool:
+    def _begin(self, method: Method, request: Mapping[str, Any], rid: Optional[Id], params: Any, coro: Any) -> bool:
         """Hand an async handler's coroutine to ``spawn``; true when the limit of calls in flight
         is reached (the frames after it stay buffered)."""
         deadline = request.get("deadline")  # only a call that waits can be given up on
@@ -390,7 +390,7 @@ class _RarerPaths:
             stream.credit = min(stream.credit + credit, MAX_CREDIT)
             stream.wake()
 
-    def _call_in_context(self, method: Method, request: Dict[str, Any], params: Any) -> Any:
+    def _call_in_context(self, method: Method, request: Mapping[str, Any], params: Any) -> Any:
         """Call a ``context`` method with its call's metadata current (the slower path)."""
         meta = request.get("meta")
         if meta is None:

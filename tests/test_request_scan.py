@@ -7,7 +7,7 @@ else (escapes, floats, a key twice, deep nesting, broken JSON) to orjson whole.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import pytest
 from hypothesis import given, settings
@@ -34,10 +34,10 @@ def registry() -> Dict[str, Method]:
     return out
 
 
-def answered(name: str, stream: bytes) -> List[Any]:
+def answered(name: str, stream: bytes, methods: Optional[Dict[str, Any]] = None) -> List[Any]:
     """What one core writes for ``stream``, and what each async call it hands out carries."""
     calls: List[Any] = []
-    core = SERVER_CONNECTIONS[name](registry(), calls.append, max_frame_size=4096)
+    core = SERVER_CONNECTIONS[name](registry() if methods is None else methods, calls.append, max_frame_size=4096)
     out = [core.receive_data(stream), core.data_to_send()]
     for call in calls:
         call.coro.close()
@@ -106,6 +106,17 @@ def test_each_tricky_body_is_answered_alike(body: bytes) -> None:
 def test_all_tricky_bodies_in_one_stream_are_answered_alike() -> None:
     """One stream: the scanner's results and orjson's interleave, and a name it makes (or a refusal kept) is reused."""
     alike(*TRICKY, *TRICKY)
+
+
+def test_a_registry_filled_by_hand_is_read_as_orjson_s_path_reads_it() -> None:
+    """``Server.methods`` is a plain dict: a name put there as None is not found, and a value that is not
+    a Method fails as it does on orjson's path, never read as one (that crashed the process)."""
+    holes: Dict[str, Any] = {"gone": None}
+    for body in (b'{"in":"gone","id":1}', b'{"in":"gone","id":2,"x":0}'):
+        assert answered("cython", frame(body), holes) == answered("python", frame(body), holes)
+    for body in (b'{"in":"bare","id":1}', b'{"in":"bare","id":2,"x":0}'):
+        with pytest.raises(TypeError, match="MethodCore"):
+            answered("cython", frame(body), {"bare": lambda params: params})
 
 
 json_values = st.recursive(
