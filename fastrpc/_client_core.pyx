@@ -6,8 +6,9 @@ writes a plain call's request (a method name, params or none, its id and deadlin
 straight into one output buffer: the bytes ``{"in":`` and the method's name are kept per
 method, the id and the deadline's milliseconds are written as digits, and only the params go
 through orjson (no request dict, no body object, no join). Replies are read with no Python
-frame but the waiter's resolve, and a plain success without orjson's dict (``_scan``). Anything rarer (metadata, odd deadlines, a method that is
-not a str) is encoded by ``protocol.encode_request``, as the twin encodes everything.
+frame but the waiter's resolve, and a plain success without orjson's dict (``_scan``).
+Anything rarer (metadata, odd deadlines, a method that is not a str) is encoded by
+``protocol.encode_request``, as the twin encodes everything.
 """
 
 cimport cython
@@ -324,11 +325,7 @@ cdef class ClientCore:
                 rid = self._order.popleft()
             else:
                 rid = <object>item
-            item = PyDict_GetItemWithError(waiters, rid)  # TypeError for an unhashable id, as dict.pop raises
-            if item is NULL:
-                continue
-            waiter = <object>item
-            PyDict_DelItem(waiters, rid)
+            waiter = self._pop_waiter(rid)
             if waiter is None:
                 continue
             item = PyDict_GetItemWithError(reply, "result")
@@ -344,30 +341,36 @@ cdef class ClientCore:
                 PyDict_DelItem(waiters, rid)
             self._other(rid, waiter, reply)
 
-
     cdef bint _resolve_small(self, const unsigned char* s, Py_ssize_t n) except -1:
         """Whether a body read where it lies (``next_small``) was a plain success with an id
         (``_scan.scan_object``: "out" text other than "error", any "result", "id" an int or text),
         now delivered, as ``_read`` delivers one that orjson read; any other is left to orjson."""
         cdef Value scanned[5]  # "out", "result", "id"; no other key
-        cdef object result, rid, waiter
-        cdef PyObject* item
-        if (not scan_object(s, n, '"out"', 5, '"result"', 8, '"id"', 4, "", 0, "", 0, scanned) or scanned[0].kind != V_TEXT
-                or (scanned[0].size == 5 and memcmp(s + scanned[0].at, b"error", 5) == 0)
+        cdef object result, waiter
+        if (not scan_object(s, n, '"out"', 5, '"result"', 8, '"id"', 4, "", 0, "", 0, scanned)
+                or scanned[0].kind != V_TEXT or (scanned[0].size == 5 and memcmp(s + scanned[0].at, b"error", 5) == 0)
                 or scanned[1].kind == V_NONE or (scanned[2].kind != V_INT and scanned[2].kind != V_TEXT)):
             return False
         try:
             result = value_of(s, &scanned[1], _loads)
         except _JSONDecodeError:  # not JSON after all: the usual way says so
             return False
-        rid = value_of(s, &scanned[2], _loads)
-        item = PyDict_GetItemWithError(self.waiters, rid)
-        if item is not NULL:
-            waiter = <object>item
-            PyDict_DelItem(self.waiters, rid)
-            if waiter is not None:
-                self._resolve(waiter, result)
+        waiter = self._pop_waiter(value_of(s, &scanned[2], _loads))
+        if waiter is not None:
+            self._resolve(waiter, result)
         return True
+
+    cdef object _pop_waiter(self, object rid):
+        """The waiter of call ``rid``, taken out of ``waiters``; None if no call waits (or its
+        reply is dropped: a waiter of None)."""
+        cdef PyObject* item = PyDict_GetItemWithError(self.waiters, rid)  # TypeError for an unhashable id, as dict.pop raises
+        cdef object waiter
+        if item is NULL:
+            return None
+        waiter = <object>item  # a reference of its own before the dict lets go of its one
+        PyDict_DelItem(self.waiters, rid)
+        return waiter
+
 
 cdef PyMemberDef* slot(type cls, str name) except NULL:
     """The member ``name`` of ``cls``'s ``__slots__`` (TypeError if it is not one)."""

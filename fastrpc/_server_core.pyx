@@ -94,6 +94,7 @@ cdef PyObject* _KEY_ID = NULL
 cdef PyObject* _KEY_PARAMS = NULL
 cdef enum:
     HEADER = 4
+    DECLINED = 2  # _receive_small's: not a request it takes
     FIRST_OUT = 256  # the first output buffer's size (later ones start at the last one's)
     KEEP_OUT = 64 * 1024  # the most a connection's next output buffer starts with
 
@@ -264,6 +265,7 @@ cdef class ServerCore:
         cdef FrameReader reader = self._reader
         cdef const unsigned char* small
         cdef Py_ssize_t size
+        cdef int stop
         reader.advance(nbytes)
         self.bytes_received += nbytes
         if not self.closing:
@@ -272,7 +274,10 @@ cdef class ServerCore:
                     small = reader.next_small(&size)
                     if small is not NULL:
                         self._fresh = False
-                        if self._receive_small(small, size):
+                        stop = self._receive_small(small, size)
+                        if stop == DECLINED:
+                            stop = self._receive_frame(PyBytes_FromStringAndSize(<const char*>small, size))
+                        if stop:
                             break
                     elif size >= 0:
                         self._fresh = False
@@ -284,20 +289,21 @@ cdef class ServerCore:
                 self._frame_too_large(exc)
         return self._take()
 
-    cdef bint _receive_small(self, const unsigned char* s, Py_ssize_t n) except -1:
+    cdef int _receive_small(self, const unsigned char* s, Py_ssize_t n) except -1:
         """A body read where it lies (``next_small``): a plain request (``_scan.scan_object``: "in"
         text, "id" an int, text or null, any "params", "deadline" and "meta") of a known method, or
-        of a name refused before, is answered without orjson's dict; any other goes to ``_receive_frame``."""
+        of a name refused before, is answered without orjson's dict, and this returns what
+        ``_receive_frame`` would (true: stop reading); any other is DECLINED, for ``_receive_frame``."""
         cdef Value scanned[5]  # "in", "id", "params", "deadline", "meta"
         cdef object rid, params, name, extras
         cdef object deadline = None, meta = None  # those that orjson must read (a V_JSON), read
         cdef MethodCore method
         cdef PyObject* entry
-        if (not scan_object(s, n, '"in"', 4, '"id"', 4, '"params"', 8, '"deadline"', 10, '"meta"', 6, scanned)
+        if (type(self._methods) is not dict  # a draining server's (_Refusing)
+                or not scan_object(s, n, '"in"', 4, '"id"', 4, '"params"', 8, '"deadline"', 10, '"meta"', 6, scanned)
                 or scanned[0].kind != V_TEXT
-                or scanned[1].kind == V_TRUE or scanned[1].kind == V_FALSE or scanned[1].kind == V_JSON
-                or type(self._methods) is not dict):
-            return self._receive_frame(PyBytes_FromStringAndSize(<const char*>s, n))
+                or scanned[1].kind == V_TRUE or scanned[1].kind == V_FALSE or scanned[1].kind == V_JSON):
+            return DECLINED
         rid = None if scanned[1].kind == V_NONE else value_of(s, &scanned[1], _loads)
         try:  # everything orjson must read, read before anything is answered, as the twin reads it
             params = _ABSENT if scanned[2].kind == V_NONE else value_of(s, &scanned[2], _loads)
@@ -306,7 +312,7 @@ cdef class ServerCore:
             if scanned[4].kind == V_JSON:
                 meta = value_of(s, &scanned[4], _loads)
         except _JSONDecodeError:  # not JSON after all: orjson says why, of the whole body
-            return self._receive_frame(PyBytes_FromStringAndSize(<const char*>s, n))
+            return DECLINED
         name = self._last_name
         if not is_text(name, s + scanned[0].at, scanned[0].size):
             name = ascii_text(s + scanned[0].at, scanned[0].size)
@@ -314,11 +320,11 @@ cdef class ServerCore:
         if entry is NULL:
             entry = PyDict_GetItemWithError(_NOT_FOUND, name)
             if entry is NULL:  # a name not refused before, or a built-in's: the usual way
-                return self._receive_frame(PyBytes_FromStringAndSize(<const char*>s, n))
+                return DECLINED
             self._refuse(<object>entry, rid)
             return False
         if not isinstance(<object>entry, MethodCore):  # None or not a Method (a registry filled by hand): the usual way says which
-            return self._receive_frame(PyBytes_FromStringAndSize(<const char*>s, n))
+            return DECLINED
         method = <MethodCore>entry
         extras = _NO_EXTRAS
         # Only an async or a context method's call reads its deadline and metadata (the rarer paths).

@@ -57,8 +57,6 @@ class ServerStats:
         self.application_codes: Set[Code] = set()  # the codes counted as they are beyond fastrpc's own
 
     def count_error(self, name: Optional[str], code: Code, returned: bool = False) -> None:
-        if code not in _OWN_CODES:  # fastrpc's own codes, the usual case, without a call: refusals count here
-            code = bounded_code(code, self.application_codes)
-        self.errors[name, code] += 1
+        self.errors[name, bounded_code(code, self.application_codes)] += 1
         if returned and name is not None:
             self.failed_after_return[name] += 1
