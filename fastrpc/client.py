@@ -205,6 +205,10 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         """The reason of the server's drain notice (or of a refusal), or None."""
         return self.core.draining
 
+    def connected(self) -> bool:
+        """The connection is up (it may be draining)."""
+        return not self.lost.done()
+
     def drained(self, reason: str) -> None:
         """The server sent its drain notice (or refused a call unrun: the notice may still be on its
         way): no new calls here; those sent are still answered."""
@@ -404,7 +408,9 @@ class Client:
 
         A call a draining server refused before running it (ShuttingDown with
         ``never_ran``) is sent again at once: to another endpoint, or on a new
-        connection to the same address (through a balancer, another instance).
+        connection to the same address (through a balancer, another instance);
+        if no connection can be opened while the server drains, ShuttingDown
+        (never ran), even when the drain notice came before the call.
         With ``retries`` set on the client, a call whose connection is lost
         before its reply arrives is sent again, to another endpoint if there
         is one, if it is idempotent: ``idempotent=True`` here, or its method is
@@ -601,7 +607,8 @@ class Client:
                       ) -> Tuple[Endpoint, _ClientProtocol]:
         """The endpoint for a call and its open connection. One that has none gets one opened; the call
         waits for it (by ``deadline``, loop time) only if no other endpoint has an open connection. One
-        that cannot be reached is set aside and the next is tried. ConnectionClosed if none can be."""
+        that cannot be reached is set aside and the next is tried. ConnectionClosed if none can be
+        (``Endpoints.unreachable``: ShuttingDown while a server it is connected to drains)."""
         endpoints = self._endpoints
         loop = self._loop
         if self._closing:
@@ -614,7 +621,7 @@ class Client:
             self._plan_resolution()  # sooner, if a lost link set an endpoint aside
             if endpoint is None:
                 assert failure is not None
-                raise failure
+                raise endpoints.unreachable(failure)
             link = endpoint.link
             if link is not None and link.open:
                 return endpoint, link

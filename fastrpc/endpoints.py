@@ -15,7 +15,7 @@ import random
 import socket
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
-from .errors import ConnectionClosed
+from .errors import ConnectionClosed, ShuttingDown
 
 __all__ = [
     "Address",
@@ -43,6 +43,8 @@ RESOLVE_AFTER_FAILURE = 1.0
 #: Backoff of an endpoint that refused or dropped connections: first and longest wait, seconds.
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
+#: Doublings from the first wait past the longest one (0.1 s * 2 ** 6 > 5 s).
+BACKOFF_DOUBLINGS = 6
 
 
 def _split(item: Union[str, Tuple[str, int]], port: int) -> Address:
@@ -228,11 +230,27 @@ class Endpoints:
                 continue
             return None if endpoint in tried else endpoint
 
+    def unreachable(self, failure: ConnectionClosed) -> Union[ConnectionClosed, ShuttingDown]:
+        """What a call that could open no connection raises: ShuttingDown, never ran, while a server
+        it is connected to drains (a moment earlier it would have been refused so: the outcome must
+        not depend on whether the drain notice came first); ``failure`` otherwise, a server that is
+        gone included. Links have ``connected()``: their connection is still up."""
+        for endpoint in self.all:
+            link = endpoint.link
+            if link is not None and link.draining is not None and link.connected():
+                error = ShuttingDown(f"the server is shutting down ({link.draining}) and no other connection "
+                                     f"could be opened: {failure}", {"started": False})
+                error.__cause__ = failure
+                return error
+        return failure
+
     def failed(self, endpoint: Endpoint, now: float) -> None:
         """``endpoint`` refused or dropped a connection: set it aside, longer each time in a row
         (with jitter, so that clients do not come back together), and resolve names soon."""
         endpoint.failures += 1
-        wait = min(BACKOFF_FIRST * 2 ** (endpoint.failures - 1), BACKOFF_MAX)
+        # The exponent stops growing once the longest wait is reached: 2.0 ** 1024 would overflow (a
+        # client calling a dead server without pause fails a thousand times in a second).
+        wait = min(BACKOFF_FIRST * 2.0 ** min(endpoint.failures - 1, BACKOFF_DOUBLINGS), BACKOFF_MAX)
         self.set_aside(endpoint, now + wait * (0.5 + self._rand() / 2))
         if self.dynamic:
             self.resolve_at = min(self.resolve_at, now + RESOLVE_AFTER_FAILURE)

@@ -434,7 +434,7 @@ class SyncClient:
         for _ in range(len(self._endpoints.all) + self.retries + MAX_REFUSALS):
             try:
                 endpoint, link = self._choose(deadline, timeout)
-            except ConnectionClosed as exc:
+            except (ConnectionClosed, ShuttingDown) as exc:
                 self._give_up(batch, todo, exc)
                 break
             if again and self._hooks is not None:
@@ -476,7 +476,7 @@ class SyncClient:
         return batch
 
     @staticmethod
-    def _give_up(batch: _Batch, todo: List[int], error: ConnectionClosed) -> None:
+    def _give_up(batch: _Batch, todo: List[int], error: FastRPCError) -> None:
         """The calls ``todo`` can go nowhere: each fails with ``error``, or keeps its refusal if it had one
         (a refusal says more)."""
         for i in todo:
@@ -486,7 +486,8 @@ class SyncClient:
     def _choose(self, deadline: Optional[float], timeout: Optional[float] = None) -> Tuple[Endpoint, "_Link"]:
         """The endpoint for a call and its open connection, opened now (by ``deadline``) if need be,
         unless another thread is opening it and another endpoint has one open. Endpoints that cannot
-        be reached are set aside and the next is tried. ConnectionClosed if none can be."""
+        be reached are set aside and the next is tried. ConnectionClosed if none can be
+        (``Endpoints.unreachable``: ShuttingDown while a server it is connected to drains)."""
         endpoints = self._endpoints
         failure: Optional[ConnectionClosed] = None
         tried: Set[Endpoint] = set()
@@ -498,7 +499,7 @@ class SyncClient:
                 endpoint = endpoints.choose(time.monotonic(), tried, self._replace_lost, self._old.append)
                 if endpoint is None:
                     assert failure is not None
-                    raise failure
+                    raise endpoints.unreachable(failure)
                 link = endpoint.link
                 if link is not None and link.open:
                     return endpoint, link
@@ -668,6 +669,13 @@ class _Link:
     def draining(self) -> Optional[str]:
         """The reason of the server's drain notice (or of a refusal), or None."""
         return self._core.draining
+
+    def connected(self) -> bool:
+        """The connection is up (it may be draining): what came on it while nobody read, its close
+        perhaps, is taken in first."""
+        if self.failure is None and not self.busy and self._has_news():
+            self._catch_up()
+        return self.failure is None
 
     @property
     def busy(self) -> bool:

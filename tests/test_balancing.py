@@ -618,6 +618,47 @@ def test_calls_refused_by_a_draining_server_are_resent(kind: str, notices: bool,
     run_side(kind, body)
 
 
+@pytest.mark.parametrize("notices", [True, False], ids=["notices", "no-notices"])
+@pytest.mark.parametrize("kind", BOTH_CLIENTS)
+def test_a_call_with_only_a_draining_server_to_go_to_is_refused_unrun(
+        kind: str, notices: bool, request: pytest.FixtureRequest) -> None:
+    """One server, draining while a long call holds it up, its port no longer listening: a new call
+    raises ShuttingDown (never ran) whether the drain notice came before it (the client cannot connect
+    again) or not (the server refuses it, and then the client cannot). Once the server is gone,
+    ConnectionClosed. (With the notice first it was ConnectionClosed("could not connect"): a SIGTERM
+    test in CI got either, by a race.)"""
+    if not notices:
+        request.getfixturevalue("no_notices")
+
+    async def body(side: Side) -> None:
+        async with fleet(side, 1) as servers:
+            a = servers[0]
+            client = await side.connect("127.0.0.1", a.port)
+            assert await client.call("who") == "a"
+            holder = await fastrpc.connect("127.0.0.1", a.port)
+            try:
+                held = asyncio.ensure_future(holder.call("hold", [1.0]))
+                await until("the long call running", lambda: a.holding == 1)
+                a.server.close()  # draining: the long call holds it up
+                if notices and not side.blocking:  # the SyncClient takes the notice in when it calls
+                    await until("the notice came", lambda: client.endpoints.all[0].link.draining is not None)
+                for tag in ("late", "later"):  # the first may be sent (and refused) before the notice comes
+                    with pytest.raises(fastrpc.ShuttingDown) as refused:
+                        await client.call("record", tag)
+                    assert refused.value.never_ran
+                assert "could not connect" in str(refused.value)  # the second knew: no connection was opened
+                assert isinstance(refused.value.__cause__, fastrpc.ConnectionClosed)
+                assert sum(a.ran.values()) == 0 and a.holding == 1  # refused unrun, while it drained
+                assert await asyncio.wait_for(held, STEP) == "a"
+            finally:
+                await holder.close()
+            await asyncio.wait_for(a.server.wait_closed(), STEP)
+            with pytest.raises(fastrpc.ConnectionClosed, match="could not connect"):
+                await client.call("record", "gone")
+
+    run_side(kind, body)
+
+
 def test_sync_call_many_resends_only_the_calls_refused_unrun() -> None:
     """One fixed address (the SyncClient's fast path): a batch whose first calls ran and whose last one
     crossed the server's drain is refused in part; only that part may be sent again."""

@@ -204,6 +204,9 @@ def test_backoff_doubles_from_the_first_wait_and_stops_at_the_longest() -> None:
     assert waits == pytest.approx(expected)
     assert waits[-1] == BACKOFF_MAX and waits[-2] == BACKOFF_MAX  # capped, not growing
     assert a.failures == 10
+    for _ in range(2000):  # a client calling a dead server without pause (2.0 ** 1024 overflowed)
+        endpoints.failed(a, 100.0)
+    assert a.retry_at - 100.0 == pytest.approx(BACKOFF_MAX) and a.failures == 2010
 
 
 def test_backoff_jitter_is_half_to_all_of_the_wait() -> None:
